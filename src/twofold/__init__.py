@@ -1,0 +1,3 @@
+"""Twofold: identity and access management in which multi-factor authentication is mandatory."""
+
+__version__ = "0.1.0"

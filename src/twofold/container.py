@@ -1,0 +1,108 @@
+"""The composition root: builds storage, methods and services from settings. Web and CLI start here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twofold.config import Settings, load_settings
+from twofold.domain.clock import utcnow
+from twofold.domain.entities import Organization
+from twofold.domain.ports import Notifier
+from twofold.domain.verification import MethodContext
+from twofold.methods.registry import MethodRegistry, default_registry
+from twofold.services.accounts import AccountService
+from twofold.services.admin import AdminService
+from twofold.services.context import RequestContext
+from twofold.services.crypto import AesGcmSealer, TokenMac
+from twofold.services.login import LoginService
+from twofold.services.maintenance import MaintenanceService
+from twofold.services.notifications import LogNotifier, SmtpNotifier
+from twofold.services.passwords import Passwords
+from twofold.services.sessions import SessionService
+from twofold.services.step_up import StepUpService
+from twofold.services.throttle import Throttle
+from twofold.storage.database import make_engine
+from twofold.storage.unit_of_work import SqlUnitOfWorkFactory
+
+
+@dataclass
+class Twofold:
+    settings: Settings
+    uow: SqlUnitOfWorkFactory
+    registry: MethodRegistry
+    passwords: Passwords
+    sealer: AesGcmSealer
+    mac: TokenMac
+    notifier: Notifier
+    throttle: Throttle
+    sessions: SessionService
+    login: LoginService
+    accounts: AccountService
+    admin: AdminService
+    step_up: StepUpService
+    maintenance: MaintenanceService
+
+    def close(self) -> None:
+        self.uow.engine.dispose()
+
+
+def build(settings: Settings | None = None, *, registry: MethodRegistry | None = None) -> Twofold:
+    settings = settings or load_settings()
+    secret_key, old_keys = settings.secret_keys()
+    engine = make_engine(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    uow = SqlUnitOfWorkFactory(engine)
+    registry = registry if registry is not None else default_registry()
+    passwords = Passwords(
+        memory_kib=settings.argon2_memory_kib,
+        time_cost=settings.argon2_time_cost,
+        parallelism=settings.argon2_parallelism,
+    )
+    sealer = AesGcmSealer(secret_key, old_keys)
+    notifier: Notifier = (
+        SmtpNotifier(settings.smtp_url) if settings.smtp_url else LogNotifier(include_body=settings.dev)
+    )
+    throttle = Throttle(settings)
+    sessions = SessionService(settings, uow)
+
+    def method_context(organization: Organization | None, context: RequestContext) -> MethodContext:
+        return MethodContext(
+            now=utcnow(),
+            sealer=sealer,
+            public_url=settings.public_url,
+            rp_id=settings.public_host,
+            organization=organization or Organization(name=""),
+            client_ip=context.ip,
+            user_agent=context.user_agent,
+        )
+
+    login = LoginService(
+        settings=settings,
+        uow=uow,
+        passwords=passwords,
+        throttle=throttle,
+        sessions=sessions,
+        registry=registry,
+        method_context=method_context,
+    )
+    accounts = AccountService(
+        settings=settings, uow=uow, passwords=passwords, sessions=sessions, throttle=throttle, notifier=notifier
+    )
+    admin = AdminService(settings=settings, uow=uow, sessions=sessions, throttle=throttle)
+    step_up = StepUpService(uow=uow, registry=registry, sessions=sessions, throttle=throttle, login=login)
+    maintenance = MaintenanceService(settings=settings, uow=uow, sealer=sealer)
+    return Twofold(
+        settings=settings,
+        uow=uow,
+        registry=registry,
+        passwords=passwords,
+        sealer=sealer,
+        mac=TokenMac(secret_key),
+        notifier=notifier,
+        throttle=throttle,
+        sessions=sessions,
+        login=login,
+        accounts=accounts,
+        admin=admin,
+        step_up=step_up,
+        maintenance=maintenance,
+    )

@@ -1,0 +1,221 @@
+"""Twofold's entities as plain dataclasses. ``storage`` maps them onto tables imperatively."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .clock import as_utc, utcnow
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class UserKind(enum.StrEnum):
+    USER = "user"
+    SERVICE = "service"
+
+
+class ServiceType(enum.StrEnum):
+    TEST_AUTOMATION = "test_automation"
+    RPA = "rpa"
+
+
+class UserStatus(enum.StrEnum):
+    ACTIVE = "active"
+    DISABLED = "disabled"
+
+
+class IdentityProviderType(enum.StrEnum):
+    LOCAL = "local"
+    OIDC = "oidc"
+    SAML = "saml"
+
+
+class MethodStatus(enum.StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+
+
+class TransactionState(enum.StrEnum):
+    MFA_REQUIRED = "mfa_required"
+    ENROLLMENT_REQUIRED = "enrollment_required"
+
+
+class TokenPurpose(enum.StrEnum):
+    SETUP = "setup"
+    PASSWORD_RESET = "password_reset"
+
+
+ORGANIZATION_ADMINISTRATOR = "organization_administrator"
+
+
+@dataclass(eq=False)
+class Organization:
+    name: str
+    parent_id: str | None = None
+    root_id: str = ""
+    id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=utcnow)
+
+    def __post_init__(self) -> None:
+        if not self.root_id:
+            self.root_id = self.id
+
+    @property
+    def is_root(self) -> bool:
+        return self.parent_id is None
+
+
+@dataclass(eq=False)
+class IdentityProvider:
+    organization_id: str
+    type: str
+    name: str
+    issuer: str | None = None
+    settings_encrypted: str | None = None
+    id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(eq=False)
+class User:
+    organization_id: str
+    identity_provider_id: str
+    username: str
+    username_key: str
+    email: str
+    kind: str = UserKind.USER.value
+    service_type: str | None = None
+    display_name: str | None = None
+    external_subject: str | None = None
+    password_hash: str | None = None
+    status: str = UserStatus.ACTIVE.value
+    locked_at: datetime | None = None
+    last_login_at: datetime | None = None
+    password_changed_at: datetime | None = None
+    id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def is_federated(self) -> bool:
+        return self.external_subject is not None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == UserStatus.ACTIVE.value
+
+
+@dataclass(eq=False)
+class Permission:
+    user_id: str
+    organization_id: str
+    name: str
+    granted_by: str | None = None
+    id: str = field(default_factory=new_id)
+    granted_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(eq=False)
+class Exemption:
+    """An MFA waiver on the local identity provider's exempt list (R4)."""
+
+    identity_provider_id: str
+    user_id: str
+    expires_at: datetime
+    exempted_by: str | None = None
+    id: str = field(default_factory=new_id)
+    exempted_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(eq=False)
+class VerificationMethodRecord:
+    """A registered second factor. ``payload_encrypted`` is opaque to everyone but its method package."""
+
+    user_id: str
+    type: str
+    name: str
+    status: str = MethodStatus.PENDING.value
+    payload_encrypted: str | None = None
+    # Lookup key a method may need across users (e.g. a WebAuthn credential id); unique when set.
+    lookup_key: str | None = None
+    expires_at: datetime | None = None
+    login_transaction_id: str | None = None
+    last_used_at: datetime | None = None
+    id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == MethodStatus.ACTIVE.value
+
+
+@dataclass(eq=False)
+class LoginTransaction:
+    user_id: str
+    token_hash: str
+    state: str
+    expires_at: datetime
+    ip: str | None = None
+    user_agent: str | None = None
+    failed_attempts: int = 0
+    ended_at: datetime | None = None
+    id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=utcnow)
+
+    def is_open(self, now: datetime) -> bool:
+        return self.ended_at is None and as_utc(self.expires_at) > now
+
+
+@dataclass(eq=False)
+class Session:
+    user_id: str
+    token_hash: str
+    amr: list[str]
+    acr: str
+    auth_time: datetime
+    expires_at: datetime
+    last_seen_at: datetime
+    step_up_until: datetime | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    revoked_at: datetime | None = None
+    id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(eq=False)
+class OneTimeToken:
+    """A set-up link or password-reset link; only its hash is stored."""
+
+    user_id: str
+    token_hash: str
+    purpose: str
+    expires_at: datetime
+    used_at: datetime | None = None
+    id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(eq=False)
+class AuditEvent:
+    organization_id: str | None
+    type: str
+    actor_id: str | None = None
+    subject_id: str | None = None
+    ip: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=new_id)
+    at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class ThrottleState:
+    key: str
+    failures: int
+    blocked_until: datetime | None
+    window_start: datetime | None

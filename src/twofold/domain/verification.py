@@ -1,0 +1,88 @@
+"""The protocol every verification method implements (DESIGN.md §4).
+
+A method is self-contained: it owns the shape of its enrollment start, its proof and its payload
+(sealed in ``VerificationMethodRecord.payload_encrypted``). Two-phase enrollment: ``begin_enrollment``
+prepares a *pending* record, ``complete_enrollment`` proves possession and the service activates it.
+Each step returns a typed result or raises a ``VerificationError`` subclass, never a bare ``False``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from .entities import Organization, User, VerificationMethodRecord
+from .ports import Sealer
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may use: the clock, sealing, and where the relying party lives."""
+
+    now: datetime
+    sealer: Sealer
+    public_url: str
+    rp_id: str
+    organization: Organization
+    client_ip: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass
+class EnrollmentStart:
+    """What the client needs to prove possession (e.g. a TOTP secret and QR code), and the pending record."""
+
+    record: VerificationMethodRecord
+    client_data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VerificationResult:
+    """A proof held. ``amr`` lists the RFC 8176 values this factor contributes (e.g. ["otp"])."""
+
+    method_id: str
+    amr: tuple[str, ...]
+
+
+class VerificationMethod(Protocol):
+    #: the method type users register (API.md), e.g. "totp"
+    method_type: str
+    #: the login ``type`` whose proofs this method checks, e.g. "totp" or "webauthn"
+    verification_type: str
+    #: the name shown to users, e.g. "Authenticator app"
+    display_name: str
+
+    def available(self, context: MethodContext) -> bool:
+        """Whether this deployment can offer the method (WebAuthn needs a host name, not an IP)."""
+        ...
+
+    def begin_enrollment(self, *, user: User, name: str, context: MethodContext) -> EnrollmentStart: ...
+
+    def complete_enrollment(
+        self, *, user: User, record: VerificationMethodRecord, proof: Mapping[str, Any], context: MethodContext
+    ) -> VerificationResult:
+        """Check the proof and update ``record``'s payload; raise a VerificationError if it does not hold
+        (or ProofPending while the proof is still on its way)."""
+        ...
+
+    def begin_verification(
+        self,
+        *,
+        user: User,
+        methods: Sequence[VerificationMethodRecord],
+        options: Mapping[str, Any],
+        context: MethodContext,
+    ) -> dict[str, Any]:
+        """Start a challenge (WebAuthn options, a push); methods needing none return {}."""
+        ...
+
+    def verify(
+        self,
+        *,
+        user: User,
+        methods: Sequence[VerificationMethodRecord],
+        proof: Mapping[str, Any],
+        context: MethodContext,
+    ) -> VerificationResult: ...

@@ -1,0 +1,1 @@
+"""One package per verification method, each implementing ``domain.verification.VerificationMethod``."""

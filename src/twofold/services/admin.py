@@ -1,0 +1,369 @@
+"""Administration: the organization tree, users, unlock, administrator grants, audit queries.
+
+Every call checks its permission first: objects of another organization are ``NotFound`` (404) so
+that nothing about them leaks; missing permission in one's own organization is ``Forbidden`` (403).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from twofold.config import Settings
+from twofold.domain.clock import as_utc, utcnow
+from twofold.domain.entities import (
+    ORGANIZATION_ADMINISTRATOR,
+    AuditEvent,
+    Exemption,
+    IdentityProvider,
+    Organization,
+    Permission,
+    User,
+    UserStatus,
+    VerificationMethodRecord,
+)
+from twofold.domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from twofold.domain.ports import UnitOfWork, UnitOfWorkFactory
+from twofold.domain.rules import clean_display_name, clean_email, exemption_applies, username_key
+
+from . import audit
+from .context import Principal, RequestContext
+from .sessions import SessionService
+from .throttle import Throttle
+
+MAX_PAGE = 200
+OPERATOR = "operator"
+
+
+def encode_cursor(*parts: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, length: int) -> list[str]:
+    try:
+        parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise ValidationFailed("cursor is not one this server gave out") from None
+    if not isinstance(parts, list) or len(parts) != length or not all(isinstance(p, str) for p in parts):
+        raise ValidationFailed("cursor is not one this server gave out")
+    return parts
+
+
+@dataclass
+class UserView:
+    user: User
+    identity_provider: IdentityProvider | None
+    exemption: Exemption | None
+    exemption_in_force: bool
+    methods: list[VerificationMethodRecord]
+    locked_until: datetime | None
+    is_admin: bool
+
+
+@dataclass
+class Page:
+    items: list[Any]
+    next_cursor: str | None
+
+
+class AdminService:
+    def __init__(
+        self, *, settings: Settings, uow: UnitOfWorkFactory, sessions: SessionService, throttle: Throttle
+    ) -> None:
+        self.settings = settings
+        self.uow = uow
+        self.sessions = sessions
+        self.throttle = throttle
+
+    # -- permission checks -----------------------------------------------------------------------
+
+    def _authorize(
+        self, uow: UnitOfWork, principal: Principal, organization_id: str, scope: str, *, step_up: bool = False
+    ) -> Organization:
+        organization = uow.organizations.get(organization_id)
+        if organization is None or organization.root_id != principal.user.organization_id:
+            raise NotFound("no such organization")
+        if principal.session is None:
+            if scope not in principal.scopes:
+                raise Forbidden(f"this app was not granted {scope}")
+        elif uow.permissions.find(principal.user.id, organization.root_id, ORGANIZATION_ADMINISTRATOR) is None:
+            raise Forbidden("only an Organization Administrator may do this")
+        if step_up:
+            self.sessions.require_step_up(principal)
+        return organization
+
+    def _user_in(self, uow: UnitOfWork, organization: Organization, user_id: str) -> User:
+        user = uow.users.get(user_id)
+        if user is None or user.organization_id != organization.root_id:
+            raise NotFound("no such user")
+        return user
+
+    def self_view(self, principal: Principal) -> UserView:
+        """The signed-in user's own view (no permission needed to see oneself)."""
+        with self.uow(read_only=True) as uow:
+            organization = uow.organizations.get(principal.user.organization_id)
+            user = uow.users.get(principal.user.id)
+            if organization is None or user is None:
+                raise NotFound("no such user")
+            return self._views(uow, organization, [user])[0]
+
+    def is_administrator(self, principal: Principal) -> bool:
+        with self.uow(read_only=True) as uow:
+            return bool(
+                uow.permissions.find(principal.user.id, principal.user.organization_id, ORGANIZATION_ADMINISTRATOR)
+            )
+
+    # -- organizations ---------------------------------------------------------------------------
+
+    def organization_tree(self, principal: Principal, organization_id: str) -> tuple[Organization, list[Organization]]:
+        with self.uow(read_only=True) as uow:
+            organization = self._authorize(uow, principal, organization_id, "users:read")
+            return organization, list(uow.organizations.in_tree(organization.root_id))
+
+    def create_business_group(
+        self, principal: Principal, organization_id: str, *, name: str, parent_id: str | None, context: RequestContext
+    ) -> Organization:
+        with self.uow() as uow:
+            organization = self._authorize(uow, principal, organization_id, "users:write")
+            parent = uow.organizations.get(parent_id or organization.id)
+            if parent is None or parent.root_id != organization.root_id:
+                raise NotFound("no such parent business group")
+            clean = clean_display_name(name, field="name", maximum=200)
+            siblings = [o for o in uow.organizations.in_tree(organization.root_id) if o.parent_id == parent.id]
+            if any(o.name.casefold() == clean.casefold() for o in siblings):
+                raise Conflict("a business group of this name already exists here")
+            group = Organization(name=clean, parent_id=parent.id, root_id=organization.root_id)
+            uow.organizations.add(group)
+            audit.record(
+                uow,
+                "business_group.created",
+                organization_id=organization.root_id,
+                actor_id=principal.user_id,
+                ip=context.ip,
+                details={"id": group.id, "name": clean, "parent_id": parent.id},
+            )
+            return group
+
+    def identity_providers(self, principal: Principal, organization_id: str) -> list[IdentityProvider]:
+        with self.uow(read_only=True) as uow:
+            organization = self._authorize(uow, principal, organization_id, "users:read")
+            return list(uow.identity_providers.for_organization(organization.root_id))
+
+    # -- users -----------------------------------------------------------------------------------
+
+    def authorize_user_write(self, principal: Principal, organization_id: str) -> Organization:
+        with self.uow(read_only=True) as uow:
+            return self._authorize(uow, principal, organization_id, "users:write")
+
+    def list_users(
+        self, principal: Principal, organization_id: str, *, query: str | None, limit: int, cursor: str | None
+    ) -> Page:
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationFailed(f"limit must be between 1 and {MAX_PAGE}")
+        after = decode_cursor(cursor, 1)[0] if cursor else None
+        with self.uow(read_only=True) as uow:
+            organization = self._authorize(uow, principal, organization_id, "users:read")
+            search = username_key(query.strip()) if query and query.strip() else None
+            users = list(uow.users.page(organization.root_id, query=search, limit=limit + 1, after=after))
+            more = len(users) > limit
+            users = users[:limit]
+            views = self._views(uow, organization, users)
+        return Page(views, encode_cursor(users[-1].username_key) if more else None)
+
+    def get_user(self, principal: Principal, organization_id: str, user_id: str) -> UserView:
+        with self.uow(read_only=True) as uow:
+            organization = self._authorize(uow, principal, organization_id, "users:read")
+            user = self._user_in(uow, organization, user_id)
+            return self._views(uow, organization, [user])[0]
+
+    def _views(self, uow: UnitOfWork, organization: Organization, users: Sequence[User]) -> list[UserView]:
+        ids = [u.id for u in users]
+        now = utcnow()
+        exemptions = uow.exemptions.for_users(ids)
+        methods = uow.methods.active_for_users(ids)
+        providers = {p.id: p for p in uow.identity_providers.for_organization(organization.root_id)}
+        admins = set(uow.permissions.holders(organization.root_id, ORGANIZATION_ADMINISTRATOR))
+        views = []
+        for user in users:
+            exemption = exemptions.get(user.id)
+            state = uow.throttles.get(f"mfa:{user.id}")
+            blocked = as_utc(state.blocked_until) if state and state.blocked_until else None
+            views.append(
+                UserView(
+                    user=user,
+                    identity_provider=providers.get(user.identity_provider_id),
+                    exemption=exemption,
+                    exemption_in_force=exemption_applies(
+                        user, exemption, now=now, cutoff=self.settings.user_exemption_cutoff
+                    ),
+                    methods=methods.get(user.id, []),
+                    locked_until=blocked if blocked and blocked > now else None,
+                    is_admin=user.id in admins,
+                )
+            )
+        return views
+
+    def update_user(
+        self, principal: Principal, organization_id: str, user_id: str, changes: dict[str, Any], context: RequestContext
+    ) -> UserView:
+        with self.uow() as uow:
+            organization = self._authorize(uow, principal, organization_id, "users:write")
+            user = self._user_in(uow, organization, user_id)
+            before: dict[str, Any] = {}
+            if "display_name" in changes:
+                value = changes["display_name"]
+                before["display_name"] = user.display_name
+                user.display_name = clean_display_name(value, field="display_name", maximum=200) if value else None
+            if "email" in changes:
+                before["email"] = user.email
+                user.email = clean_email(changes["email"] or "")
+            if "status" in changes:
+                status = changes["status"]
+                if status not in {s.value for s in UserStatus}:
+                    raise ValidationFailed("status must be 'active' or 'disabled'")
+                if status != user.status:
+                    if status == UserStatus.DISABLED.value and user.id == principal.user_id:
+                        raise Conflict("you cannot disable your own account")
+                    before["status"] = user.status
+                    user.status = status
+                    if status == UserStatus.DISABLED.value:
+                        self.sessions.end_all(uow, user.id, now=utcnow())
+            audit.record(
+                uow,
+                "user.updated",
+                organization_id=organization.root_id,
+                actor_id=principal.user_id,
+                subject_id=user.id,
+                ip=context.ip,
+                details={"changed": sorted(before), **({"status": user.status} if "status" in before else {})},
+            )
+            uow.flush()
+            return self._views(uow, organization, [user])[0]
+
+    # -- unlock ----------------------------------------------------------------------------------
+
+    def unlock(self, principal: Principal, organization_id: str, user_id: str, context: RequestContext) -> None:
+        with self.uow() as uow:
+            organization = self._authorize(uow, principal, organization_id, "users:write", step_up=True)
+            user = self._user_in(uow, organization, user_id)
+            self._unlock(uow, user, actor_id=principal.user_id, context=context)
+
+    def unlock_by_operator(self, username: str) -> User:
+        """`twofold users unlock`: the operator's break-glass on the server, audited as such."""
+        with self.uow() as uow:
+            user = uow.users.by_username_key(username_key(username.strip()))
+            if user is None:
+                raise NotFound(f"no user named {username!r}")
+            self._unlock(uow, user, actor_id=None, context=RequestContext(ip=None))
+            return user
+
+    def _unlock(self, uow: UnitOfWork, user: User, *, actor_id: str | None, context: RequestContext) -> None:
+        was_locked = user.locked_at is not None
+        user.locked_at = None
+        self.throttle.reset_after_authentication(uow, user_id=user.id, username_key=user.username_key)
+        audit.record(
+            uow,
+            "account.unlocked",
+            organization_id=user.organization_id,
+            actor_id=actor_id,
+            subject_id=user.id,
+            ip=context.ip,
+            details={"was_locked": was_locked, "by": actor_id or OPERATOR},
+        )
+
+    # -- administrator grants ---------------------------------------------------------------------
+
+    def grant_administrator(
+        self, principal: Principal, organization_id: str, user_id: str, context: RequestContext
+    ) -> None:
+        with self.uow() as uow:
+            organization = self._authorize(uow, principal, organization_id, "users:write", step_up=True)
+            user = uow.users.get_for_update(user_id)
+            if user is None or user.organization_id != organization.root_id:
+                raise NotFound("no such user")
+            exemption = uow.exemptions.for_user(user.id)
+            if exemption is not None and as_utc(exemption.expires_at) > utcnow():
+                # R4: an exempt account never holds administrator permissions.
+                raise ValidationFailed("an account exempt from MFA cannot be an Organization Administrator")
+            if not user.is_active:
+                raise ValidationFailed("a disabled account cannot be made an administrator")
+            if uow.permissions.find(user.id, organization.root_id, ORGANIZATION_ADMINISTRATOR) is None:
+                uow.permissions.add(
+                    Permission(
+                        user_id=user.id,
+                        organization_id=organization.root_id,
+                        name=ORGANIZATION_ADMINISTRATOR,
+                        granted_by=principal.user_id,
+                    )
+                )
+                audit.record(
+                    uow,
+                    "permission.granted",
+                    organization_id=organization.root_id,
+                    actor_id=principal.user_id,
+                    subject_id=user.id,
+                    ip=context.ip,
+                    details={"permission": ORGANIZATION_ADMINISTRATOR},
+                )
+
+    def revoke_administrator(
+        self, principal: Principal, organization_id: str, user_id: str, context: RequestContext
+    ) -> None:
+        with self.uow() as uow:
+            organization = self._authorize(uow, principal, organization_id, "users:write", step_up=True)
+            user = self._user_in(uow, organization, user_id)
+            permission = uow.permissions.find(user.id, organization.root_id, ORGANIZATION_ADMINISTRATOR)
+            if permission is None:
+                return
+            holders = uow.permissions.holders(organization.root_id, ORGANIZATION_ADMINISTRATOR)
+            if len(holders) <= 1:
+                raise Conflict("the organization must keep at least one Organization Administrator")
+            uow.permissions.delete(permission)
+            audit.record(
+                uow,
+                "permission.revoked",
+                organization_id=organization.root_id,
+                actor_id=principal.user_id,
+                subject_id=user.id,
+                ip=context.ip,
+                details={"permission": ORGANIZATION_ADMINISTRATOR},
+            )
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    def audit_events(
+        self,
+        principal: Principal,
+        organization_id: str,
+        *,
+        type: str | None,
+        user_id: str | None,
+        since: datetime | None,
+        limit: int,
+        cursor: str | None,
+    ) -> Page:
+        if not 1 <= limit <= 1000:
+            raise ValidationFailed("limit must be between 1 and 1000")
+        after = None
+        if cursor:
+            at_text, event_id = decode_cursor(cursor, 2)
+            try:
+                after = (as_utc(datetime.fromisoformat(at_text)), event_id)
+            except ValueError:
+                raise ValidationFailed("cursor is not one this server gave out") from None
+        with self.uow(read_only=True) as uow:
+            organization = self._authorize(uow, principal, organization_id, "audit:read")
+            events: list[AuditEvent] = list(
+                uow.audit.page(
+                    organization.root_id, type=type, user_id=user_id, since=since, limit=limit + 1, after=after
+                )
+            )
+        more = len(events) > limit
+        events = events[:limit]
+        next_cursor = encode_cursor(as_utc(events[-1].at).isoformat(), events[-1].id) if more else None
+        return Page(events, next_cursor)

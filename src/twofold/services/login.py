@@ -1,0 +1,467 @@
+"""The login state machine (DESIGN.md §3): one implementation behind the pages, the JSON API and,
+later, the OAuth 2.0 authorization endpoint.
+
+    start ─ unknown / SSO / disabled / wrong password ─► InvalidCredentials (same answer, same work)
+      │ password ok
+      ├─ exempt service account, exemption in force ─► authenticated (amr ["pwd"])
+      ├─ no active method ─► enrollment_required ─ enroll one (proven) ─► authenticated
+      └─ mfa_required ─ verify any ─► authenticated (amr ["pwd", …, "mfa"])
+
+Password verification never runs inside a write transaction: argon2 takes tens of milliseconds and
+SQLite has one writer at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from twofold.config import Settings
+from twofold.domain.clock import as_utc, utcnow
+from twofold.domain.entities import (
+    LoginTransaction,
+    MethodStatus,
+    TransactionState,
+    User,
+    VerificationMethodRecord,
+)
+from twofold.domain.errors import (
+    Conflict,
+    Forbidden,
+    InvalidCode,
+    InvalidCredentials,
+    NotFound,
+    RateLimited,
+    TransactionExpired,
+    VerificationError,
+)
+from twofold.domain.ports import UnitOfWork, UnitOfWorkFactory
+from twofold.domain.rules import clean_display_name, exemption_applies, mfa_amr, username_key
+from twofold.domain.verification import MethodContext, VerificationMethod, VerificationResult
+from twofold.methods.registry import MethodRegistry
+
+from . import audit
+from .context import RequestContext
+from .crypto import hash_token, new_token
+from .passwords import Passwords
+from .sessions import IssuedSession, SessionService
+from .throttle import Throttle
+
+TRANSACTION_TOKEN_PREFIX = "tft"
+ENROLLMENT_LIFETIME = timedelta(minutes=10)
+
+
+@dataclass
+class LoginOutcome:
+    status: str  # "authenticated" | "mfa_required" | "enrollment_required"
+    expires_at: datetime
+    session: IssuedSession | None = None
+    transaction_token: str | None = None
+    methods: list[VerificationMethodRecord] = field(default_factory=list)
+    recovery_codes_available: bool = False
+    enrollable_types: list[str] = field(default_factory=list)
+    recovery_codes: list[str] = field(default_factory=list)
+
+    @property
+    def amr(self) -> list[str]:
+        return list(self.session.session.amr) if self.session else []
+
+
+@dataclass
+class EnrollmentStarted:
+    enrollment_id: str
+    type: str
+    name: str
+    expires_at: datetime
+    client_data: dict[str, Any]
+
+
+class LoginService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        uow: UnitOfWorkFactory,
+        passwords: Passwords,
+        throttle: Throttle,
+        sessions: SessionService,
+        registry: MethodRegistry,
+        method_context: Any,
+    ) -> None:
+        self.settings = settings
+        self.uow = uow
+        self.passwords = passwords
+        self.throttle = throttle
+        self.sessions = sessions
+        self.registry = registry
+        # A callable (organization, RequestContext) -> MethodContext, from the composition root.
+        self.method_context = method_context
+
+    # -- password step ---------------------------------------------------------------------------
+
+    def start(self, *, username: str, password: str, context: RequestContext) -> LoginOutcome:
+        key = username_key(username.strip())
+        ip = context.ip or "unknown"
+        with self.uow(read_only=True) as uow:
+            user = uow.users.by_username_key(key)
+            usable_hash = user.password_hash if user and user.is_active and not user.is_federated else None
+            user_id = user.id if user else None
+
+        now = utcnow()
+        with self.uow() as uow:
+            self.throttle.check_ip(uow, ip, now=now)
+            reservation = self.throttle.reserve_password_attempt(uow, key, now=now)
+
+        # Unknown, disabled and SSO users get the same argon2 work against a dummy hash (R2, §7).
+        password_ok = self.passwords.verify(usable_hash, password)
+
+        now = utcnow()
+        with self.uow() as uow:
+            user = uow.users.get(user_id) if user_id else None
+            if not password_ok or user is None or not user.is_active or user.is_federated:
+                self.throttle.record_ip_failure(uow, ip, now=now)
+                reason = (
+                    "unknown_user"
+                    if user is None
+                    else "sso_user"
+                    if user.is_federated
+                    else "disabled"
+                    if not user.is_active
+                    else "wrong_password"
+                )
+                audit.record(
+                    uow,
+                    "login.failed",
+                    organization_id=user.organization_id if user else None,
+                    subject_id=user.id if user else None,
+                    ip=context.ip,
+                    details={"step": "password", "reason": reason, "username": username[:128]},
+                )
+                uow.commit()
+                raise InvalidCredentials()
+            self.throttle.refund(uow, reservation)
+            if user.password_hash and self.passwords.needs_rehash(user.password_hash):
+                user.password_hash = self.passwords.hash(password)
+            if user.locked_at is not None:
+                self._refuse_locked(uow, user, now=now, context=context)
+            return self._after_password(uow, user, now=now, context=context)
+
+    def _refuse_locked(self, uow: UnitOfWork, user: User, *, now: datetime, context: RequestContext) -> None:
+        uow.transactions.end_all_for_user(user.id, now=now)
+        audit.record(
+            uow, "login.refused_locked", organization_id=user.organization_id, subject_id=user.id, ip=context.ip
+        )
+        uow.commit()
+        raise RateLimited(
+            "this account is locked after too many failed verifications; an administrator can unlock it",
+            retry_after=self.settings.mfa_backoff_max_seconds,
+        )
+
+    def _after_password(self, uow: UnitOfWork, user: User, *, now: datetime, context: RequestContext) -> LoginOutcome:
+        exemption = uow.exemptions.for_user(user.id)
+        if exemption_applies(user, exemption, now=now, cutoff=self.settings.user_exemption_cutoff):
+            issued = self.sessions.issue(uow, user, amr=["pwd"], now=now, context=context)
+            self._completed(uow, user, now=now, context=context, amr=["pwd"], details={"exempt": True})
+            return LoginOutcome(status="authenticated", expires_at=issued.expires_at, session=issued)
+
+        methods = list(uow.methods.active_for_user(user.id))
+        token = new_token(TRANSACTION_TOKEN_PREFIX)
+        if methods:
+            state, lifetime = TransactionState.MFA_REQUIRED, self.settings.transaction_mfa_seconds
+        else:
+            state, lifetime = TransactionState.ENROLLMENT_REQUIRED, self.settings.transaction_enroll_seconds
+        transaction = LoginTransaction(
+            user_id=user.id,
+            token_hash=hash_token(token),
+            state=state.value,
+            expires_at=now + timedelta(seconds=lifetime),
+            ip=context.ip,
+            user_agent=(context.user_agent or "")[:512] or None,
+        )
+        uow.transactions.add(transaction)
+        audit.record(
+            uow,
+            "login.password_verified",
+            organization_id=user.organization_id,
+            subject_id=user.id,
+            ip=context.ip,
+            details={"next": state.value},
+        )
+        outcome = LoginOutcome(status=state.value, expires_at=transaction.expires_at, transaction_token=token)
+        if methods:
+            outcome.methods = methods
+        else:
+            outcome.enrollable_types = self.enrollable_types(uow, user, context)
+        return outcome
+
+    def enrollable_types(self, uow: UnitOfWork, user: User, context: RequestContext) -> list[str]:
+        organization = uow.organizations.get(user.organization_id)
+        method_context = self.method_context(organization, context)
+        return [m.method_type for m in self.registry if m.available(method_context)]
+
+    def _completed(
+        self,
+        uow: UnitOfWork,
+        user: User,
+        *,
+        now: datetime,
+        context: RequestContext,
+        amr: list[str],
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.throttle.reset_after_authentication(uow, user_id=user.id, username_key=user.username_key)
+        user.last_login_at = now
+        audit.record(
+            uow,
+            "login.succeeded",
+            organization_id=user.organization_id,
+            subject_id=user.id,
+            actor_id=user.id,
+            ip=context.ip,
+            details={"amr": amr, **(details or {})},
+        )
+
+    # -- transactions ----------------------------------------------------------------------------
+
+    def _open_transaction(self, uow: UnitOfWork, token: str, *, now: datetime) -> tuple[LoginTransaction, User]:
+        """The open transaction behind a token; unknown, used, expired: all the same 410."""
+        if not isinstance(token, str) or not token.startswith(TRANSACTION_TOKEN_PREFIX + "_") or len(token) > 200:
+            raise TransactionExpired()
+        transaction = uow.transactions.by_token_hash(hash_token(token))
+        if transaction is None or not transaction.is_open(now):
+            raise TransactionExpired()
+        user = uow.users.get(transaction.user_id)
+        if user is None or not user.is_active:
+            raise TransactionExpired()
+        return transaction, user
+
+    def transaction_view(self, token: str) -> tuple[LoginTransaction, User, list[VerificationMethodRecord]]:
+        """What the pages need to draw the next step."""
+        with self.uow(read_only=True) as uow:
+            transaction, user = self._open_transaction(uow, token, now=utcnow())
+            return transaction, user, list(uow.methods.active_for_user(user.id))
+
+    def _claim(
+        self, uow: UnitOfWork, transaction: LoginTransaction, user: User, *, now: datetime, context: RequestContext
+    ) -> tuple[int, Any]:
+        """Count the attempt before checking it, atomically, on the transaction and on the account."""
+        if user.locked_at is not None:
+            self._refuse_locked(uow, user, now=now, context=context)
+        reservation = self.throttle.reserve_mfa_attempt(uow, user.id, now=now)
+        attempts = uow.transactions.claim_attempt(
+            transaction.id, now=now, maximum=self.settings.transaction_max_failures
+        )
+        if attempts is None:
+            raise TransactionExpired()
+        uow.commit()
+        return attempts, reservation
+
+    def _failed(
+        self,
+        uow: UnitOfWork,
+        transaction: LoginTransaction,
+        user: User,
+        *,
+        attempts: int,
+        reservation: Any,
+        now: datetime,
+        context: RequestContext,
+        error: VerificationError,
+        step: str,
+    ) -> InvalidCode:
+        attempts_left = max(0, self.settings.transaction_max_failures - attempts)
+        if attempts_left == 0:
+            uow.transactions.end(transaction.id, now=now)
+        audit.record(
+            uow,
+            "login.failed",
+            organization_id=user.organization_id,
+            subject_id=user.id,
+            ip=context.ip,
+            details={"step": step, "reason": error.detail[:200], "attempts_left": attempts_left},
+        )
+        if self.throttle.mfa_lock_reached(reservation):
+            self.lock_account(uow, user, now=now, context=context)
+        uow.commit()
+        return InvalidCode(error.detail, attempts_left=attempts_left)
+
+    def lock_account(self, uow: UnitOfWork, user: User, *, now: datetime, context: RequestContext) -> None:
+        if user.locked_at is None:
+            user.locked_at = now
+            uow.transactions.end_all_for_user(user.id, now=now)
+            audit.record(
+                uow,
+                "account.locked",
+                organization_id=user.organization_id,
+                subject_id=user.id,
+                ip=context.ip,
+                details={"failures": self.settings.mfa_lock_threshold},
+            )
+
+    # -- second factor ---------------------------------------------------------------------------
+
+    def verify(
+        self, *, transaction_token: str, verification_type: str, proof: Mapping[str, Any], context: RequestContext
+    ) -> LoginOutcome:
+        candidates = self.registry.for_verification_type(verification_type)
+        now = utcnow()
+        with self.uow() as uow:
+            transaction, user = self._open_transaction(uow, transaction_token, now=now)
+            if transaction.state != TransactionState.MFA_REQUIRED.value:
+                raise Forbidden("this login must enroll a verification method first")
+            attempts, reservation = self._claim(uow, transaction, user, now=now, context=context)
+            records = list(uow.methods.active_for_user(user.id))
+            organization = uow.organizations.get(user.organization_id)
+            method_context = self.method_context(organization, context)
+            try:
+                result = self._verify_with(candidates, user, records, proof, method_context)
+            except VerificationError as error:
+                raise self._failed(
+                    uow,
+                    transaction,
+                    user,
+                    attempts=attempts,
+                    reservation=reservation,
+                    now=now,
+                    context=context,
+                    error=error,
+                    step=verification_type,
+                ) from None
+            uow.transactions.end(transaction.id, now=now)
+            amr = mfa_amr(result.amr)
+            self._mark_used(uow, result, now=now)
+            issued = self.sessions.issue(uow, user, amr=amr, now=now, context=context)
+            self._completed(uow, user, now=now, context=context, amr=amr, details={"method": verification_type})
+            return LoginOutcome(status="authenticated", expires_at=issued.expires_at, session=issued)
+
+    @staticmethod
+    def _verify_with(
+        candidates: Sequence[VerificationMethod],
+        user: User,
+        records: Sequence[VerificationMethodRecord],
+        proof: Mapping[str, Any],
+        method_context: MethodContext,
+    ) -> VerificationResult:
+        last_error: VerificationError | None = None
+        for method in candidates:
+            own = [r for r in records if r.type == method.method_type]
+            if not own:
+                continue
+            try:
+                return method.verify(user=user, methods=own, proof=proof, context=method_context)
+            except VerificationError as error:
+                last_error = error
+        raise last_error or VerificationError("no verification method of this type is registered")
+
+    @staticmethod
+    def _mark_used(uow: UnitOfWork, result: VerificationResult, *, now: datetime) -> None:
+        record = uow.methods.get(result.method_id)
+        if record is not None:
+            record.last_used_at = now
+
+    # -- forced enrollment (R3) ------------------------------------------------------------------
+
+    def _enrollment_transaction(self, uow: UnitOfWork, token: str, *, now: datetime) -> tuple[LoginTransaction, User]:
+        transaction, user = self._open_transaction(uow, token, now=now)
+        if transaction.state != TransactionState.ENROLLMENT_REQUIRED.value:
+            # A half-authenticated user never adds a method to an account that has one (Keycloak bypass).
+            raise Forbidden("this login must be finished with a registered verification method")
+        return transaction, user
+
+    def begin_enrollment(
+        self, *, transaction_token: str, method_type: str, name: str, context: RequestContext
+    ) -> EnrollmentStarted:
+        now = utcnow()
+        with self.uow() as uow:
+            transaction, user = self._enrollment_transaction(uow, transaction_token, now=now)
+            method = self.registry.method(method_type)
+            organization = uow.organizations.get(user.organization_id)
+            method_context = self.method_context(organization, context)
+            if not method.available(method_context):
+                raise Forbidden(f"{method.display_name} is not offered by this server")
+            clean_name = clean_display_name(name or method.display_name)
+            started = method.begin_enrollment(user=user, name=clean_name, context=method_context)
+            record = started.record
+            record.status = MethodStatus.PENDING.value
+            record.expires_at = min(now + ENROLLMENT_LIFETIME, as_utc(transaction.expires_at))
+            record.login_transaction_id = transaction.id
+            uow.methods.add(record)
+            audit.record(
+                uow,
+                "enrollment.started",
+                organization_id=user.organization_id,
+                subject_id=user.id,
+                actor_id=user.id,
+                ip=context.ip,
+                details={"method_type": method_type, "during_login": True},
+            )
+            return EnrollmentStarted(record.id, method_type, record.name, record.expires_at, started.client_data)
+
+    def complete_enrollment(
+        self, *, transaction_token: str, enrollment_id: str, proof: Mapping[str, Any], context: RequestContext
+    ) -> LoginOutcome:
+        now = utcnow()
+        with self.uow() as uow:
+            transaction, user = self._enrollment_transaction(uow, transaction_token, now=now)
+            record = uow.methods.get(enrollment_id) if isinstance(enrollment_id, str) else None
+            if (
+                record is None
+                or record.user_id != user.id
+                or record.status != MethodStatus.PENDING.value
+                or record.login_transaction_id != transaction.id
+                or (record.expires_at is not None and as_utc(record.expires_at) <= now)
+            ):
+                raise NotFound("no such enrollment in this login")
+            attempts, _ = self._claim_enrollment(uow, transaction, now=now)
+            # Under the per-user lock, check again that the user still has no active method (R3).
+            user = uow.users.get_for_update(user.id) or user
+            if uow.methods.count_active(user.id) > 0:
+                raise Conflict("this account already has an active verification method")
+            method = self.registry.method(record.type)
+            organization = uow.organizations.get(user.organization_id)
+            method_context = self.method_context(organization, context)
+            try:
+                result = method.complete_enrollment(user=user, record=record, proof=proof, context=method_context)
+            except VerificationError as error:
+                attempts_left = max(0, self.settings.transaction_max_failures - attempts)
+                if attempts_left == 0:
+                    uow.transactions.end(transaction.id, now=now)
+                audit.record(
+                    uow,
+                    "enrollment.failed",
+                    organization_id=user.organization_id,
+                    subject_id=user.id,
+                    ip=context.ip,
+                    details={"method_type": record.type, "attempts_left": attempts_left},
+                )
+                uow.commit()
+                raise VerificationError(error.detail, attempts_left=attempts_left) from None
+            record.status = MethodStatus.ACTIVE.value
+            record.expires_at = None
+            record.login_transaction_id = None
+            record.last_used_at = now
+            uow.transactions.end_all_for_user(user.id, now=now)
+            amr = mfa_amr(result.amr)
+            issued = self.sessions.issue(uow, user, amr=amr, now=now, context=context)
+            audit.record(
+                uow,
+                "method.enrolled",
+                organization_id=user.organization_id,
+                subject_id=user.id,
+                actor_id=user.id,
+                ip=context.ip,
+                details={"method_id": record.id, "method_type": record.type, "during_login": True},
+            )
+            self._completed(uow, user, now=now, context=context, amr=amr, details={"enrolled": record.type})
+            return LoginOutcome(status="authenticated", expires_at=issued.expires_at, session=issued)
+
+    def _claim_enrollment(self, uow: UnitOfWork, transaction: LoginTransaction, *, now: datetime) -> tuple[int, None]:
+        attempts = uow.transactions.claim_attempt(
+            transaction.id, now=now, maximum=self.settings.transaction_max_failures
+        )
+        if attempts is None:
+            raise TransactionExpired()
+        uow.commit()
+        return attempts, None

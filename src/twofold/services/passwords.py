@@ -1,0 +1,66 @@
+"""Password hashing (argon2id) and the NIST SP 800-63B policy check."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from functools import lru_cache
+
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from twofold.domain.rules import PASSWORD_MAX, check_password_policy
+
+
+class Passwords:
+    def __init__(self, *, memory_kib: int = 19 * 1024, time_cost: int = 2, parallelism: int = 1) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, hash_len=32, salt_len=16, type=Type.ID
+        )
+        self._dummy_hash: str | None = None
+        self._dummy_lock = threading.Lock()
+        self.dummy_verifications = 0  # observable, so tests can assert the dummy work runs
+
+    def hash(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    def _dummy(self) -> str:
+        with self._dummy_lock:
+            if self._dummy_hash is None:
+                self._dummy_hash = self._hasher.hash("twofold dummy password for equal work")
+            return self._dummy_hash
+
+    def verify(self, password_hash: str | None, password: str) -> bool:
+        """Check a password. Without a hash (unknown, disabled or SSO user) the same argon2 work is done
+        against a dummy hash, so timing does not tell the cases apart (DESIGN.md §7)."""
+        candidate = password[: PASSWORD_MAX * 4]
+        if password_hash is None:
+            self.dummy_verifications += 1
+            with contextlib.suppress(VerificationError):
+                self._hasher.verify(self._dummy(), candidate)
+            return False
+        try:
+            return self._hasher.verify(password_hash, candidate)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        try:
+            return self._hasher.check_needs_rehash(password_hash)
+        except InvalidHashError:
+            return True
+
+    def check_policy(self, password: str, *, kind: str, username: str) -> None:
+        check_password_policy(password, kind=kind, username=username, is_common=is_common_password(password))
+
+
+@lru_cache(maxsize=1)
+def _common_passwords() -> frozenset[str]:
+    # zxcvbn ships a frequency list of the 30,000 most common passwords seen in breaches.
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+    return frozenset(p.casefold() for p in FREQUENCY_LISTS["passwords"])
+
+
+def is_common_password(password: str) -> bool:
+    return password.casefold() in _common_passwords()

@@ -1,0 +1,85 @@
+"""Step-up: a fresh second factor inside a session renews ``step_up_until`` (API.md "Step-up")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from twofold.domain.clock import utcnow
+from twofold.domain.errors import Forbidden, VerificationError
+from twofold.domain.ports import UnitOfWorkFactory
+from twofold.methods.registry import MethodRegistry
+
+from . import audit
+from .context import Principal, RequestContext
+from .login import LoginService
+from .sessions import SessionService
+from .throttle import Throttle
+
+
+class StepUpService:
+    def __init__(
+        self,
+        *,
+        uow: UnitOfWorkFactory,
+        registry: MethodRegistry,
+        sessions: SessionService,
+        throttle: Throttle,
+        login: LoginService,
+    ) -> None:
+        self.uow = uow
+        self.registry = registry
+        self.sessions = sessions
+        self.throttle = throttle
+        self.login = login
+
+    def step_up(
+        self, principal: Principal, *, verification_type: str, proof: Mapping[str, Any], context: RequestContext
+    ) -> datetime:
+        candidates = self.registry.for_verification_type(verification_type)
+        self.sessions.require_mfa_session(principal)
+        assert principal.session is not None
+        now = utcnow()
+        with self.uow() as uow:
+            user = uow.users.get(principal.user.id)
+            assert user is not None
+            records = list(uow.methods.active_for_user(user.id))
+            if not records:
+                raise Forbidden("this account has no verification method to step up with")
+            if user.locked_at is not None:
+                self.login._refuse_locked(uow, user, now=now, context=context)
+            reservation = self.throttle.reserve_mfa_attempt(uow, user.id, now=now)
+            uow.commit()
+            organization = uow.organizations.get(user.organization_id)
+            method_context = self.login.method_context(organization, context)
+            try:
+                result = self.login._verify_with(candidates, user, records, proof, method_context)
+            except VerificationError as error:
+                audit.record(
+                    uow,
+                    "step_up.failed",
+                    organization_id=user.organization_id,
+                    actor_id=user.id,
+                    subject_id=user.id,
+                    ip=context.ip,
+                    details={"type": verification_type},
+                )
+                if self.throttle.mfa_lock_reached(reservation):
+                    self.login.lock_account(uow, user, now=now, context=context)
+                    self.sessions.end_all(uow, user.id, now=now)
+                uow.commit()
+                raise VerificationError(error.detail) from None
+            self.login._mark_used(uow, result, now=now)
+            self.throttle.reset_after_authentication(uow, user_id=user.id, username_key=user.username_key)
+            until = self.sessions.renew_step_up(uow, principal.session, now=now)
+            audit.record(
+                uow,
+                "step_up.succeeded",
+                organization_id=user.organization_id,
+                actor_id=user.id,
+                subject_id=user.id,
+                ip=context.ip,
+                details={"type": verification_type},
+            )
+            return until

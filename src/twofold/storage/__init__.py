@@ -1,0 +1,1 @@
+"""SQLAlchemy 2 tables, repositories implementing the domain ports, and Alembic migrations."""

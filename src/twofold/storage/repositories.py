@@ -1,0 +1,374 @@
+"""Repositories implementing the domain ports over one SQLAlchemy session."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session as OrmSession
+
+from twofold.domain import entities as e
+from twofold.domain.clock import utcnow
+from twofold.domain.entities import ThrottleState
+
+from . import tables as t
+
+
+class _Repository:
+    def __init__(self, session: OrmSession) -> None:
+        self.s = session
+
+
+class OrganizationRepository(_Repository):
+    def add(self, organization: e.Organization) -> None:
+        self.s.add(organization)
+
+    def get(self, organization_id: str) -> e.Organization | None:
+        return self.s.get(e.Organization, organization_id)
+
+    def get_root_by_name(self, name: str) -> e.Organization | None:
+        return self.s.scalars(
+            select(e.Organization).where(t.organizations.c.name == name, t.organizations.c.parent_id.is_(None))
+        ).first()
+
+    def in_tree(self, root_id: str) -> Sequence[e.Organization]:
+        return self.s.scalars(
+            select(e.Organization).where(t.organizations.c.root_id == root_id).order_by(t.organizations.c.created_at)
+        ).all()
+
+
+class IdentityProviderRepository(_Repository):
+    def add(self, provider: e.IdentityProvider) -> None:
+        self.s.add(provider)
+
+    def get(self, provider_id: str) -> e.IdentityProvider | None:
+        return self.s.get(e.IdentityProvider, provider_id)
+
+    def local_for(self, organization_id: str) -> e.IdentityProvider | None:
+        c = t.identity_providers.c
+        return self.s.scalars(
+            select(e.IdentityProvider).where(c.organization_id == organization_id, c.type == "local")
+        ).first()
+
+    def for_organization(self, organization_id: str) -> Sequence[e.IdentityProvider]:
+        c = t.identity_providers.c
+        return self.s.scalars(
+            select(e.IdentityProvider).where(c.organization_id == organization_id).order_by(c.created_at)
+        ).all()
+
+    def all_sealed(self) -> Sequence[e.IdentityProvider]:
+        c = t.identity_providers.c
+        return self.s.scalars(select(e.IdentityProvider).where(c.settings_encrypted.is_not(None))).all()
+
+
+class UserRepository(_Repository):
+    def add(self, user: e.User) -> None:
+        self.s.add(user)
+
+    def get(self, user_id: str) -> e.User | None:
+        return self.s.get(e.User, user_id)
+
+    def get_for_update(self, user_id: str) -> e.User | None:
+        # PostgreSQL: a row lock. SQLite: every write unit already holds the database's write lock.
+        return self.s.get(e.User, user_id, with_for_update=True, populate_existing=True)
+
+    def by_username_key(self, key: str) -> e.User | None:
+        return self.s.scalars(select(e.User).where(t.users.c.username_key == key)).first()
+
+    def page(self, organization_id: str, *, query: str | None, limit: int, after: str | None) -> Sequence[e.User]:
+        c = t.users.c
+        stmt = select(e.User).where(c.organization_id == organization_id)
+        if query:
+            pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            stmt = stmt.where(
+                or_(
+                    c.username_key.like(pattern.casefold(), escape="\\"),
+                    func.lower(c.email).like(pattern.lower(), escape="\\"),
+                    func.lower(c.display_name).like(pattern.lower(), escape="\\"),
+                )
+            )
+        if after is not None:
+            stmt = stmt.where(c.username_key > after)
+        return self.s.scalars(stmt.order_by(c.username_key).limit(limit)).all()
+
+    def all_ids(self) -> Sequence[str]:
+        return self.s.scalars(select(t.users.c.id)).all()
+
+
+class PermissionRepository(_Repository):
+    def add(self, permission: e.Permission) -> None:
+        self.s.add(permission)
+
+    def find(self, user_id: str, organization_id: str, name: str) -> e.Permission | None:
+        c = t.permissions.c
+        return self.s.scalars(
+            select(e.Permission).where(c.user_id == user_id, c.organization_id == organization_id, c.name == name)
+        ).first()
+
+    def delete(self, permission: e.Permission) -> None:
+        self.s.delete(permission)
+
+    def for_user(self, user_id: str) -> Sequence[e.Permission]:
+        return self.s.scalars(select(e.Permission).where(t.permissions.c.user_id == user_id)).all()
+
+    def holders(self, organization_id: str, name: str) -> Sequence[str]:
+        c = t.permissions.c
+        return self.s.scalars(select(c.user_id).where(c.organization_id == organization_id, c.name == name)).all()
+
+
+class ExemptionRepository(_Repository):
+    def for_user(self, user_id: str) -> e.Exemption | None:
+        return self.s.scalars(select(e.Exemption).where(t.exemptions.c.user_id == user_id)).first()
+
+    def for_users(self, user_ids: Sequence[str]) -> dict[str, e.Exemption]:
+        if not user_ids:
+            return {}
+        rows = self.s.scalars(select(e.Exemption).where(t.exemptions.c.user_id.in_(list(user_ids)))).all()
+        return {row.user_id: row for row in rows}
+
+
+class MethodRepository(_Repository):
+    def add(self, record: e.VerificationMethodRecord) -> None:
+        self.s.add(record)
+
+    def get(self, method_id: str) -> e.VerificationMethodRecord | None:
+        return self.s.get(e.VerificationMethodRecord, method_id)
+
+    def active_for_user(self, user_id: str) -> Sequence[e.VerificationMethodRecord]:
+        c = t.verification_methods.c
+        return self.s.scalars(
+            select(e.VerificationMethodRecord)
+            .where(c.user_id == user_id, c.status == e.MethodStatus.ACTIVE.value)
+            .order_by(c.created_at)
+        ).all()
+
+    def active_for_users(self, user_ids: Sequence[str]) -> dict[str, list[e.VerificationMethodRecord]]:
+        found: dict[str, list[e.VerificationMethodRecord]] = {uid: [] for uid in user_ids}
+        if not user_ids:
+            return found
+        c = t.verification_methods.c
+        rows = self.s.scalars(
+            select(e.VerificationMethodRecord)
+            .where(c.user_id.in_(list(user_ids)), c.status == e.MethodStatus.ACTIVE.value)
+            .order_by(c.created_at)
+        ).all()
+        for row in rows:
+            found[row.user_id].append(row)
+        return found
+
+    def count_active(self, user_id: str) -> int:
+        c = t.verification_methods.c
+        return int(
+            self.s.scalar(select(func.count()).where(c.user_id == user_id, c.status == e.MethodStatus.ACTIVE.value))
+            or 0
+        )
+
+    def by_lookup_key(self, lookup_key: str) -> e.VerificationMethodRecord | None:
+        c = t.verification_methods.c
+        return self.s.scalars(select(e.VerificationMethodRecord).where(c.lookup_key == lookup_key)).first()
+
+    def delete(self, record: e.VerificationMethodRecord) -> None:
+        self.s.delete(record)
+
+    def all_sealed(self) -> Sequence[e.VerificationMethodRecord]:
+        c = t.verification_methods.c
+        return self.s.scalars(select(e.VerificationMethodRecord).where(c.payload_encrypted.is_not(None))).all()
+
+
+class TransactionRepository(_Repository):
+    def add(self, transaction: e.LoginTransaction) -> None:
+        self.s.add(transaction)
+
+    def by_token_hash(self, token_hash: str) -> e.LoginTransaction | None:
+        return self.s.scalars(select(e.LoginTransaction).where(t.login_transactions.c.token_hash == token_hash)).first()
+
+    def claim_attempt(self, transaction_id: str, *, now: datetime, maximum: int) -> int | None:
+        c = t.login_transactions.c
+        count = self.s.execute(
+            update(t.login_transactions)
+            .where(
+                c.id == transaction_id,
+                c.ended_at.is_(None),
+                c.expires_at > now,
+                c.failed_attempts < maximum,
+            )
+            .values(failed_attempts=c.failed_attempts + 1)
+            .returning(c.failed_attempts)
+        ).scalar()
+        self._refresh(transaction_id)
+        return None if count is None else int(count)
+
+    def end(self, transaction_id: str, *, now: datetime) -> None:
+        c = t.login_transactions.c
+        self.s.execute(
+            update(t.login_transactions).where(c.id == transaction_id, c.ended_at.is_(None)).values(ended_at=now)
+        )
+        self._refresh(transaction_id)
+
+    def end_all_for_user(self, user_id: str, *, now: datetime, except_id: str | None = None) -> int:
+        c = t.login_transactions.c
+        stmt = update(t.login_transactions).where(c.user_id == user_id, c.ended_at.is_(None))
+        if except_id:
+            stmt = stmt.where(c.id != except_id)
+        result: Any = self.s.execute(stmt.values(ended_at=now))
+        self.s.expire_all()
+        return int(result.rowcount or 0)
+
+    def _refresh(self, transaction_id: str) -> None:
+        loaded = self.s.identity_map.get(self.s.identity_key(e.LoginTransaction, transaction_id))
+        if loaded is not None:
+            self.s.expire(loaded)
+
+
+class SessionRepository(_Repository):
+    def add(self, session: e.Session) -> None:
+        self.s.add(session)
+
+    def by_token_hash(self, token_hash: str) -> e.Session | None:
+        return self.s.scalars(select(e.Session).where(t.sessions.c.token_hash == token_hash)).first()
+
+    def touch(self, session_id: str, *, now: datetime) -> None:
+        self.s.execute(update(t.sessions).where(t.sessions.c.id == session_id).values(last_seen_at=now))
+
+    def revoke(self, session_id: str, *, now: datetime) -> None:
+        c = t.sessions.c
+        self.s.execute(update(t.sessions).where(c.id == session_id, c.revoked_at.is_(None)).values(revoked_at=now))
+
+    def revoke_all_for_user(self, user_id: str, *, now: datetime, except_id: str | None = None) -> int:
+        c = t.sessions.c
+        stmt = update(t.sessions).where(c.user_id == user_id, c.revoked_at.is_(None))
+        if except_id:
+            stmt = stmt.where(c.id != except_id)
+        result: Any = self.s.execute(stmt.values(revoked_at=now))
+        return int(result.rowcount or 0)
+
+
+class OneTimeTokenRepository(_Repository):
+    def add(self, token: e.OneTimeToken) -> None:
+        self.s.add(token)
+
+    def by_hash(self, token_hash: str) -> e.OneTimeToken | None:
+        return self.s.scalars(select(e.OneTimeToken).where(t.one_time_tokens.c.token_hash == token_hash)).first()
+
+    def redeem(self, token_id: str, *, now: datetime) -> bool:
+        c = t.one_time_tokens.c
+        result: Any = self.s.execute(
+            update(t.one_time_tokens)
+            .where(c.id == token_id, c.used_at.is_(None), c.expires_at > now)
+            .values(used_at=now)
+        )
+        return bool(result.rowcount)
+
+    def void_for_user(self, user_id: str, purpose: str, *, now: datetime) -> None:
+        c = t.one_time_tokens.c
+        self.s.execute(
+            update(t.one_time_tokens)
+            .where(c.user_id == user_id, c.purpose == purpose, c.used_at.is_(None))
+            .values(used_at=now)
+        )
+
+
+class AuditRepository(_Repository):
+    def add(self, event: e.AuditEvent) -> None:
+        self.s.add(event)
+
+    def page(
+        self,
+        organization_id: str,
+        *,
+        type: str | None,
+        user_id: str | None,
+        since: datetime | None,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> Sequence[e.AuditEvent]:
+        c = t.audit_events.c
+        stmt = select(e.AuditEvent).where(c.organization_id == organization_id)
+        if type:
+            stmt = stmt.where(c.type == type)
+        if user_id:
+            stmt = stmt.where(or_(c.actor_id == user_id, c.subject_id == user_id))
+        if since:
+            stmt = stmt.where(c.at >= since)
+        if after:
+            at, event_id = after
+            stmt = stmt.where(or_(c.at < at, and_(c.at == at, c.id < event_id)))
+        return self.s.scalars(stmt.order_by(c.at.desc(), c.id.desc()).limit(limit)).all()
+
+
+class ThrottleRepository(_Repository):
+    def get(self, key: str) -> ThrottleState | None:
+        c = t.throttles.c
+        row = self.s.execute(select(c.key, c.failures, c.blocked_until, c.window_start).where(c.key == key)).first()
+        if row is None:
+            return None
+        return ThrottleState(row.key, int(row.failures), row.blocked_until, row.window_start)
+
+    def compare_and_set(
+        self,
+        key: str,
+        *,
+        expected_failures: int | None,
+        failures: int,
+        blocked_until: datetime | None,
+        window_start: datetime | None,
+    ) -> bool:
+        c = t.throttles.c
+        values = {
+            "failures": failures,
+            "blocked_until": blocked_until,
+            "window_start": window_start,
+            "updated_at": utcnow(),
+        }
+        if expected_failures is None:
+            try:
+                with self.s.begin_nested():
+                    self.s.execute(insert(t.throttles).values(key=key, **values))
+            except IntegrityError:
+                return False
+            return True
+        result: Any = self.s.execute(
+            update(t.throttles).where(c.key == key, c.failures == expected_failures).values(**values)
+        )
+        return bool(result.rowcount)
+
+    def delete(self, key: str) -> None:
+        self.s.execute(delete(t.throttles).where(t.throttles.c.key == key))
+
+
+class Housekeeping(_Repository):
+    def purge(self, *, now: datetime, audit_before: datetime) -> dict[str, int]:
+        counts: dict[str, int] = {}
+
+        def run(name: str, stmt: Any) -> None:
+            result: Any = self.s.execute(stmt)
+            counts[name] = int(result.rowcount or 0)
+
+        run("login_transactions", delete(t.login_transactions).where(t.login_transactions.c.expires_at < now))
+        run(
+            "sessions",
+            delete(t.sessions).where(or_(t.sessions.c.expires_at < now, t.sessions.c.revoked_at.is_not(None))),
+        )
+        run(
+            "pending_methods",
+            delete(t.verification_methods).where(
+                t.verification_methods.c.status == e.MethodStatus.PENDING.value,
+                t.verification_methods.c.expires_at < now,
+            ),
+        )
+        run("one_time_tokens", delete(t.one_time_tokens).where(t.one_time_tokens.c.expires_at < now))
+        # A throttle row matters until its block ends and its window closes; a day later it is history.
+        stale = now - timedelta(days=1)
+        run(
+            "throttles",
+            delete(t.throttles).where(
+                t.throttles.c.updated_at < stale,
+                or_(t.throttles.c.blocked_until.is_(None), t.throttles.c.blocked_until < now),
+                ~t.throttles.c.key.like("mfa:%"),
+            ),
+        )
+        run("audit_events", delete(t.audit_events).where(t.audit_events.c.at < audit_before))
+        return counts

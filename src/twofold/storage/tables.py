@@ -1,0 +1,256 @@
+"""Tables, and the imperative mapping of the domain's dataclasses onto them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    event,
+)
+from sqlalchemy.orm import registry
+
+from twofold.domain import entities as e
+from twofold.domain.clock import as_utc
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on the way out, whatever the backend stores."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+ID = String(32)
+
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("parent_id", ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=True),
+    Column("root_id", ID, nullable=False, index=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+# One root organization per name: `twofold init` refuses to run twice for the same organization.
+Index(
+    "uq_organizations_root_name",
+    organizations.c.name,
+    unique=True,
+    sqlite_where=organizations.c.parent_id.is_(None),
+    postgresql_where=organizations.c.parent_id.is_(None),
+)
+
+identity_providers = Table(
+    "identity_providers",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("organization_id", ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("type", String(16), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("issuer", String(500), nullable=True),
+    Column("settings_encrypted", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+Index(
+    "uq_identity_providers_local",
+    identity_providers.c.organization_id,
+    unique=True,
+    sqlite_where=identity_providers.c.type == "local",
+    postgresql_where=identity_providers.c.type == "local",
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("organization_id", ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("identity_provider_id", ID, ForeignKey("identity_providers.id"), nullable=False),
+    Column("external_subject", String(500), nullable=True),
+    Column("username", String(128), nullable=False),
+    Column("username_key", String(256), nullable=False, unique=True),
+    Column("email", String(254), nullable=False),
+    Column("display_name", String(200), nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("service_type", String(32), nullable=True),
+    Column("password_hash", String(255), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("locked_at", UTCDateTime, nullable=True),
+    Column("last_login_at", UTCDateTime, nullable=True),
+    Column("password_changed_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("identity_provider_id", "external_subject", name="uq_users_idp_subject"),
+)
+Index("ix_users_org_username", users.c.organization_id, users.c.username_key)
+
+permissions = Table(
+    "permissions",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("organization_id", ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("granted_by", ID, nullable=True),
+    Column("granted_at", UTCDateTime, nullable=False),
+    UniqueConstraint("user_id", "organization_id", "name", name="uq_permissions_grant"),
+)
+
+exemptions = Table(
+    "exemptions",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("identity_provider_id", ID, ForeignKey("identity_providers.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("exempted_by", ID, nullable=True),
+    Column("exempted_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
+verification_methods = Table(
+    "verification_methods",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("type", String(32), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("payload_encrypted", Text, nullable=True),
+    Column("lookup_key", String(255), nullable=True, unique=True),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("login_transaction_id", ID, nullable=True),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+login_transactions = Table(
+    "login_transactions",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("state", String(32), nullable=False),
+    Column("failed_attempts", Integer, nullable=False, default=0),
+    Column("ip", String(64), nullable=True),
+    Column("user_agent", String(512), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False, index=True),
+    Column("ended_at", UTCDateTime, nullable=True),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("amr", JSON, nullable=False),
+    Column("acr", String(64), nullable=False),
+    Column("auth_time", UTCDateTime, nullable=False),
+    Column("step_up_until", UTCDateTime, nullable=True),
+    Column("ip", String(64), nullable=True),
+    Column("user_agent", String(512), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False, index=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+one_time_tokens = Table(
+    "one_time_tokens",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("purpose", String(32), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False, index=True),
+    Column("used_at", UTCDateTime, nullable=True),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("organization_id", ID, nullable=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("actor_id", ID, nullable=True),
+    Column("subject_id", ID, nullable=True),
+    Column("ip", String(64), nullable=True),
+    Column("details", JSON, nullable=False),
+)
+Index("ix_audit_org_at", audit_events.c.organization_id, audit_events.c.at, audit_events.c.id)
+Index("ix_audit_at", audit_events.c.at)
+
+throttles = Table(
+    "throttles",
+    metadata,
+    Column("key", String(300), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("blocked_until", UTCDateTime, nullable=True),
+    Column("window_start", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False, index=True),
+)
+
+mapper_registry = registry(metadata=metadata)
+_MAPPED = False
+
+
+def map_entities() -> None:
+    global _MAPPED
+    if _MAPPED:
+        return
+    mapper_registry.map_imperatively(e.Organization, organizations)
+    mapper_registry.map_imperatively(e.IdentityProvider, identity_providers)
+    mapper_registry.map_imperatively(e.User, users)
+    mapper_registry.map_imperatively(e.Permission, permissions)
+    mapper_registry.map_imperatively(e.Exemption, exemptions)
+    mapper_registry.map_imperatively(e.VerificationMethodRecord, verification_methods)
+    mapper_registry.map_imperatively(e.LoginTransaction, login_transactions)
+    mapper_registry.map_imperatively(e.Session, sessions)
+    mapper_registry.map_imperatively(e.OneTimeToken, one_time_tokens)
+    mapper_registry.map_imperatively(e.AuditEvent, audit_events)
+    event.listen(e.User, "before_update", _kind_is_immutable)
+    _MAPPED = True
+
+
+class ImmutableFieldChanged(Exception):
+    pass
+
+
+def _kind_is_immutable(mapper: Any, connection: Any, target: e.User) -> None:
+    """An account's kind and service type are fixed at creation (R4)."""
+    from sqlalchemy import inspect
+
+    state = inspect(target)
+    for name in ("kind", "service_type"):
+        history = state.attrs[name].history
+        if history.deleted and history.deleted[0] != getattr(target, name):
+            raise ImmutableFieldChanged(f"users.{name} never changes after creation")

@@ -1,0 +1,64 @@
+"""A unit of work: one database transaction with every repository on it. Services open them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import sessionmaker
+
+from . import repositories as r
+from .tables import map_entities
+
+
+class SqlUnitOfWork:
+    def __init__(self, factory: sessionmaker[OrmSession], *, read_only: bool) -> None:
+        self._factory = factory
+        self._read_only = read_only
+
+    def __enter__(self) -> SqlUnitOfWork:
+        session = self._factory()
+        if self._read_only:
+            session.connection(execution_options={"read_only": True})
+        self.session = session
+        self.organizations = r.OrganizationRepository(session)
+        self.identity_providers = r.IdentityProviderRepository(session)
+        self.users = r.UserRepository(session)
+        self.permissions = r.PermissionRepository(session)
+        self.exemptions = r.ExemptionRepository(session)
+        self.methods = r.MethodRepository(session)
+        self.transactions = r.TransactionRepository(session)
+        self.sessions = r.SessionRepository(session)
+        self.tokens = r.OneTimeTokenRepository(session)
+        self.audit = r.AuditRepository(session)
+        self.throttles = r.ThrottleRepository(session)
+        self.housekeeping = r.Housekeeping(session)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None and not self._read_only:
+                self.session.commit()
+            else:
+                self.session.rollback()
+        finally:
+            self.session.close()
+
+    def commit(self) -> None:
+        """Commit what is done so far and go on in a new transaction (used to persist a failure count
+        before raising, so the rollback on the way out does not undo it)."""
+        self.session.commit()
+
+    def flush(self) -> None:
+        self.session.flush()
+
+
+class SqlUnitOfWorkFactory:
+    def __init__(self, engine: Engine) -> None:
+        map_entities()
+        self.engine = engine
+        self._sessions = sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
+
+    def __call__(self, *, read_only: bool = False) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self._sessions, read_only=read_only)

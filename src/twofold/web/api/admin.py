@@ -1,0 +1,238 @@
+"""Administration API (API.md "Administration"): the organization, users, unlock, grants, audit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from twofold.domain.clock import as_utc
+from twofold.domain.entities import AuditEvent, Organization
+from twofold.domain.errors import ValidationFailed
+from twofold.services.admin import UserView
+
+from ..deps import App, Context, CurrentPrincipal
+from .schemas import PROBLEM_RESPONSES, BusinessGroupBody, CreateUserBody, UpdateUserBody, ts
+
+router = APIRouter(prefix="/api/v1/organizations/{org}", tags=["administration"], responses=PROBLEM_RESPONSES)
+
+
+def organization_body(organization: Organization, tree: list[Organization]) -> dict[str, Any]:
+    children: dict[str | None, list[Organization]] = {}
+    for node in tree:
+        children.setdefault(node.parent_id, []).append(node)
+
+    def render(node: Organization) -> dict[str, Any]:
+        return {
+            "id": node.id,
+            "name": node.name,
+            "parent_id": node.parent_id,
+            "created_at": ts(node.created_at),
+            "business_groups": [render(child) for child in children.get(node.id, [])],
+        }
+
+    return render(organization)
+
+
+def user_body(view: UserView) -> dict[str, Any]:
+    user = view.user
+    provider = view.identity_provider
+    flags = []
+    if user.locked_at is not None:
+        flags.append("locked")
+    return {
+        "id": user.id,
+        "username": user.username,
+        "email": user.email,
+        "display_name": user.display_name,
+        "kind": user.kind,
+        "service_type": user.service_type,
+        "status": user.status,
+        "identity_provider": {"id": provider.id, "type": provider.type, "name": provider.name} if provider else None,
+        "mfa_exempt": view.exemption_in_force,
+        "exemption_expires_at": ts(view.exemption.expires_at) if view.exemption else None,
+        "methods": [{"type": m.type, "name": m.name} for m in view.methods],
+        "locked": user.locked_at is not None,
+        "locked_at": ts(user.locked_at),
+        "locked_until": ts(view.locked_until),
+        "flags": flags,
+        "is_organization_administrator": view.is_admin,
+        "last_login_at": ts(user.last_login_at),
+        "created_at": ts(user.created_at),
+    }
+
+
+def event_body(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "at": ts(event.at),
+        "type": event.type,
+        "actor_id": event.actor_id,
+        "subject_id": event.subject_id,
+        "ip": event.ip,
+        "details": event.details,
+    }
+
+
+@router.get("", summary="The organization with its business-group tree")
+def get_organization(org: str, principal: CurrentPrincipal, twofold: App) -> dict[str, Any]:
+    organization, tree = twofold.admin.organization_tree(principal, org)
+    root = next((node for node in tree if node.id == organization.root_id), organization)
+    body = organization_body(root, tree)
+    if organization.id != root.id:
+        body = organization_body(organization, tree)
+    return body
+
+
+@router.post("/business-groups", status_code=201, summary="Create a business group")
+def create_business_group(
+    org: str, body: BusinessGroupBody, principal: CurrentPrincipal, twofold: App, context: Context
+) -> JSONResponse:
+    group = twofold.admin.create_business_group(
+        principal, org, name=body.name, parent_id=body.parent_id, context=context
+    )
+    return JSONResponse(organization_body(group, [group]), status_code=201)
+
+
+@router.get("/users", summary="Users, searchable, with cursor paging")
+def list_users(
+    org: str,
+    principal: CurrentPrincipal,
+    twofold: App,
+    q: Annotated[str | None, Query(max_length=256)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+) -> dict[str, Any]:
+    page = twofold.admin.list_users(principal, org, query=q, limit=limit, cursor=cursor)
+    return {"items": [user_body(view) for view in page.items], "next_cursor": page.next_cursor}
+
+
+@router.post("/users", status_code=201, summary="Create a user (no password: a one-time set-up link)")
+def create_user(
+    org: str, body: CreateUserBody, principal: CurrentPrincipal, twofold: App, context: Context
+) -> JSONResponse:
+    organization = twofold.admin.authorize_user_write(principal, org)
+    created = twofold.accounts.create_user(
+        organization_id=organization.id,
+        username=body.username,
+        email=body.email,
+        kind=body.kind,
+        service_type=body.service_type,
+        display_name=body.display_name,
+        password=body.password,
+        actor_id=principal.user_id,
+        context=context,
+    )
+    result = user_body(twofold.admin.get_user(principal, org, created.user.id))
+    if created.setup_url:
+        result["setup_url"] = created.setup_url
+    return JSONResponse(result, status_code=201, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/users/{user_id}", summary="One user")
+def get_user(org: str, user_id: str, principal: CurrentPrincipal, twofold: App) -> dict[str, Any]:
+    return user_body(twofold.admin.get_user(principal, org, user_id))
+
+
+@router.patch("/users/{user_id}", summary="Update display name, email or status (disabling ends sessions)")
+def update_user(
+    org: str, user_id: str, body: UpdateUserBody, principal: CurrentPrincipal, twofold: App, context: Context
+) -> dict[str, Any]:
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("email", "") is None:
+        raise ValidationFailed("email cannot be removed")
+    if changes.get("status", "") is None:
+        raise ValidationFailed("status must be 'active' or 'disabled'")
+    return user_body(twofold.admin.update_user(principal, org, user_id, changes, context))
+
+
+@router.post("/users/{user_id}/unlock", status_code=204, summary="Lift a second-factor lock ★")
+def unlock(org: str, user_id: str, principal: CurrentPrincipal, twofold: App, context: Context) -> Response:
+    twofold.admin.unlock(principal, org, user_id, context)
+    return Response(status_code=204)
+
+
+@router.put(
+    "/users/{user_id}/permissions/organization_administrator",
+    status_code=204,
+    summary="Make the user an Organization Administrator ★",
+)
+def grant_administrator(
+    org: str, user_id: str, principal: CurrentPrincipal, twofold: App, context: Context
+) -> Response:
+    twofold.admin.grant_administrator(principal, org, user_id, context)
+    return Response(status_code=204)
+
+
+@router.delete(
+    "/users/{user_id}/permissions/organization_administrator",
+    status_code=204,
+    summary="Revoke Organization Administrator ★",
+)
+def revoke_administrator(
+    org: str, user_id: str, principal: CurrentPrincipal, twofold: App, context: Context
+) -> Response:
+    twofold.admin.revoke_administrator(principal, org, user_id, context)
+    return Response(status_code=204)
+
+
+@router.get("/identity-providers", summary="The local identity provider and any external ones")
+def identity_providers(org: str, principal: CurrentPrincipal, twofold: App) -> list[dict[str, Any]]:
+    return [
+        {"id": p.id, "type": p.type, "name": p.name, "issuer": p.issuer, "created_at": ts(p.created_at)}
+        for p in twofold.admin.identity_providers(principal, org)
+    ]
+
+
+@router.get(
+    "/audit-events",
+    summary="Audit events, newest first; Accept: application/x-ndjson streams JSON lines",
+    responses={200: {"content": {"application/json": {}, "application/x-ndjson": {}}}},
+)
+def audit_events(
+    org: str,
+    request: Request,
+    principal: CurrentPrincipal,
+    twofold: App,
+    type: Annotated[str | None, Query(max_length=64)] = None,
+    user_id: Annotated[str | None, Query(max_length=64)] = None,
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+) -> Response:
+    since_utc = as_utc(since) if since else None
+    page = twofold.admin.audit_events(
+        principal, org, type=type, user_id=user_id, since=since_utc, limit=limit, cursor=cursor
+    )
+    if "application/x-ndjson" in request.headers.get("accept", ""):
+        return StreamingResponse(
+            _ndjson(twofold, principal, org, type, user_id, since_utc, page.items, page.next_cursor),
+            media_type="application/x-ndjson",
+        )
+    return JSONResponse({"items": [event_body(e) for e in page.items], "next_cursor": page.next_cursor})
+
+
+def _ndjson(
+    twofold: Any,
+    principal: Any,
+    org: str,
+    type: str | None,
+    user_id: str | None,
+    since: datetime | None,
+    first: list[AuditEvent],
+    cursor: str | None,
+) -> Iterator[str]:
+    """The export walks every page, so one request gives the whole (filtered) log."""
+    for event in first:
+        yield json.dumps(event_body(event), separators=(",", ":")) + "\n"
+    while cursor:
+        page = twofold.admin.audit_events(
+            principal, org, type=type, user_id=user_id, since=since, limit=1000, cursor=cursor
+        )
+        for event in page.items:
+            yield json.dumps(event_body(event), separators=(",", ":")) + "\n"
+        cursor = page.next_cursor

@@ -1,0 +1,78 @@
+"""Self-service with a full session (API.md "Self-service")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from ..deps import App, Context, CurrentPrincipal
+from .schemas import PROBLEM_RESPONSES, PasswordChangeBody, StepUpBody, ts
+
+router = APIRouter(prefix="/api/v1/me", tags=["self-service"], responses=PROBLEM_RESPONSES)
+
+
+@router.get("", summary="The signed-in user and their session")
+def me(principal: CurrentPrincipal, twofold: App) -> dict[str, Any]:
+    user = principal.user
+    view = twofold.admin.self_view(principal)
+    provider = view.identity_provider
+    session = principal.session
+    assert session is not None
+    identity_provider: dict[str, Any] = {
+        "id": provider.id if provider else None,
+        "type": provider.type if provider else "local",
+        "name": provider.name if provider else None,
+    }
+    if provider is not None and provider.type != "local":
+        identity_provider["issuer"] = provider.issuer
+        identity_provider["external_subject"] = user.external_subject
+    return {
+        "id": user.id,
+        "username": user.username,
+        "email": user.email,
+        "display_name": user.display_name,
+        "kind": user.kind,
+        "service_type": user.service_type,
+        "organization_id": user.organization_id,
+        "identity_provider": identity_provider,
+        "mfa_exempt": view.exemption_in_force,
+        "is_organization_administrator": view.is_admin,
+        "session": {
+            "amr": session.amr,
+            "acr": session.acr,
+            "auth_time": ts(session.auth_time),
+            "step_up_until": ts(session.step_up_until),
+            "expires_at": ts(session.expires_at),
+            "idle_expires_at": ts(twofold.sessions.idle_deadline(session)),
+        },
+    }
+
+
+@router.get("/methods", summary="Active verification methods")
+def methods(principal: CurrentPrincipal, twofold: App) -> list[dict[str, Any]]:
+    view = twofold.admin.self_view(principal)
+    return [
+        {"id": m.id, "type": m.type, "name": m.name, "created_at": ts(m.created_at), "last_used_at": ts(m.last_used_at)}
+        for m in view.methods
+    ]
+
+
+@router.post("/step-up", summary="A fresh second factor renews step_up_until")
+def step_up(body: StepUpBody, principal: CurrentPrincipal, twofold: App, context: Context) -> dict[str, Any]:
+    until = twofold.step_up.step_up(principal, verification_type=body.type, proof=body.proof(), context=context)
+    return {"step_up_until": ts(until)}
+
+
+@router.post("/password", status_code=204, summary="Change the password; other sessions end, MFA stays")
+def change_password(body: PasswordChangeBody, principal: CurrentPrincipal, twofold: App, context: Context) -> Response:
+    twofold.accounts.change_password(
+        principal, current_password=body.current_password, new_password=body.new_password, context=context
+    )
+    return Response(status_code=204)
+
+
+@router.post("/sessions/revoke", status_code=204, summary="Sign out everywhere else")
+def revoke_sessions(principal: CurrentPrincipal, twofold: App, context: Context) -> Response:
+    twofold.sessions.revoke_others(principal, context)
+    return Response(status_code=204)

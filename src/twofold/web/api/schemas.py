@@ -1,0 +1,118 @@
+"""Request bodies. Unknown fields are refused, strings are bounded: bad input is a 422, never a 500."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from twofold.domain.clock import rfc3339
+
+Short = Annotated[str, StringConstraints(max_length=256)]
+Username = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Password = Annotated[str, StringConstraints(max_length=1024)]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class LoginBody(Body):
+    username: Username
+    password: Password
+
+
+class VerifyBody(Body):
+    transaction: Token
+    type: Short
+    code: Annotated[str, StringConstraints(max_length=64)] | None = None
+    credential: dict[str, Any] | None = None
+    challenge_id: Short | None = None
+
+    def proof(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"transaction", "type"}, exclude_none=True)
+
+
+class StepUpBody(Body):
+    type: Short
+    code: Annotated[str, StringConstraints(max_length=64)] | None = None
+    credential: dict[str, Any] | None = None
+    challenge_id: Short | None = None
+
+    def proof(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"type"}, exclude_none=True)
+
+
+class EnrollBody(Body):
+    transaction: Token
+    type: Short
+    name: Annotated[str, StringConstraints(max_length=256)] = ""
+
+
+class EnrollCompleteBody(BaseModel):
+    # A proof's fields belong to its method, so other fields are allowed here, and passed on.
+    model_config = ConfigDict(extra="allow")
+    transaction: Token
+    enrollment_id: Short
+
+    def proof(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SetupBody(Body):
+    token: Token
+    password: Password
+
+
+class PasswordResetRequestBody(Body):
+    username: Username
+
+
+class PasswordResetCompleteBody(Body):
+    token: Token
+    new_password: Password
+
+
+class PasswordChangeBody(Body):
+    current_password: Password
+    new_password: Password
+
+
+class BusinessGroupBody(Body):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    parent_id: Short | None = None
+
+
+class CreateUserBody(Body):
+    username: Username
+    email: Annotated[str, StringConstraints(min_length=3, max_length=254)]
+    display_name: Annotated[str, StringConstraints(max_length=256)] | None = None
+    kind: Literal["user", "service"]
+    service_type: Literal["test_automation", "rpa"] | None = None
+    password: Password | None = None
+
+
+class UpdateUserBody(Body):
+    display_name: Annotated[str, StringConstraints(max_length=256)] | None = None
+    email: Annotated[str, StringConstraints(min_length=3, max_length=254)] | None = None
+    status: Literal["active", "disabled"] | None = None
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+def ts(value: datetime | None) -> str | None:
+    return rfc3339(value)
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "content": {"application/problem+json": {}}}
+    for status in (400, 401, 403, 404, 409, 410, 422, 429, 503)
+}

@@ -1,0 +1,492 @@
+"""Server-rendered pages on the same services as the API. Labels are the contract of API.md "Web pages".
+
+Each form carries a CSRF token bound to a ``__Host-`` cookie and is refused from a foreign Origin.
+The password step gives the browser a login-transaction cookie; a completed authentication replaces it
+with a new session cookie, so the identifier changes at each step (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from twofold.container import Twofold
+from twofold.domain.clock import as_utc, utcnow
+from twofold.domain.entities import TokenPurpose
+from twofold.domain.errors import (
+    Forbidden,
+    ProofPending,
+    RateLimited,
+    TransactionExpired,
+    TwofoldError,
+    Unauthenticated,
+)
+from twofold.services.context import Principal
+from twofold.services.login import LoginOutcome
+
+from ..deps import CSRF_COOKIE, LOGIN_COOKIE, SESSION_COOKIE, api_csrf_token, origin_allowed, request_context
+
+_HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(_HERE / "templates"))
+router = APIRouter(include_in_schema=False)
+
+FORM_LIMIT = 64 * 1024
+
+
+def mount_static(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
+
+
+def _twofold(request: Request) -> Twofold:
+    return request.app.state.twofold  # type: ignore[no-any-return]
+
+
+# -- cookies and CSRF ----------------------------------------------------------------------------
+
+
+def _set_cookie(response: Response, name: str, value: str, *, max_age: int | None) -> None:
+    response.set_cookie(name, value, max_age=max_age, path="/", secure=True, httponly=True, samesite="lax")
+
+
+def _clear_cookie(response: Response, name: str) -> None:
+    response.delete_cookie(name, path="/", secure=True, httponly=True, samesite="lax")
+
+
+def _csrf_seed(request: Request) -> tuple[str, bool]:
+    seed = request.cookies.get(CSRF_COOKIE)
+    if seed and 20 <= len(seed) <= 100:
+        return seed, False
+    return secrets.token_urlsafe(32), True
+
+
+def _render(
+    request: Request,
+    template: str,
+    context: dict[str, Any] | None = None,
+    *,
+    status: int = 200,
+    principal: Principal | None = None,
+) -> HTMLResponse:
+    twofold = _twofold(request)
+    seed, fresh = _csrf_seed(request)
+    values: dict[str, Any] = {
+        "csrf_token": twofold.mac.sign(f"form-csrf:{seed}"),
+        "principal": principal,
+        "api_csrf_token": api_csrf_token(twofold, principal.session.id) if principal and principal.session else None,
+        **(context or {}),
+    }
+    response = templates.TemplateResponse(request, template, values, status_code=status)
+    response.headers["Cache-Control"] = "no-store"
+    if fresh:
+        _set_cookie(response, CSRF_COOKIE, seed, max_age=None)
+    return response
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The posted form, after the CSRF checks: a token bound to the CSRF cookie and no foreign Origin."""
+    twofold = _twofold(request)
+    if int(request.headers.get("content-length") or 0) > FORM_LIMIT:
+        raise Forbidden("the form is too large")
+    form = await request.form(max_files=0, max_fields=50)
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    seed = request.cookies.get(CSRF_COOKIE, "")
+    origin = request.headers.get("origin")
+    if origin is not None and not origin_allowed(twofold, request):
+        raise Forbidden("this form was posted from another site")
+    if not seed or not twofold.mac.verify(f"form-csrf:{seed}", fields.get("csrf_token", "")):
+        raise Forbidden("the form expired or was not sent from this site; reload the page and try again")
+    return fields
+
+
+def _current_principal(request: Request) -> Principal | None:
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    try:
+        return _twofold(request).sessions.authenticate(token)
+    except Unauthenticated:
+        return None
+
+
+def _seconds_until(moment: datetime) -> int:
+    return max(1, int((as_utc(moment) - utcnow()).total_seconds()))
+
+
+def _signed_in(request: Request, outcome: LoginOutcome, target: str = "/") -> Response:
+    assert outcome.session is not None
+    response = RedirectResponse(target, status_code=303)
+    _set_cookie(
+        response, SESSION_COOKIE, outcome.session.token, max_age=_seconds_until(outcome.session.session.expires_at)
+    )
+    _clear_cookie(response, LOGIN_COOKIE)
+    return response
+
+
+def _problem_message(error: TwofoldError) -> str:
+    if isinstance(error, RateLimited):
+        return f"Too many attempts. Try again in {error.retry_after} seconds."
+    return error.detail
+
+
+def _csrf_refused(request: Request, error: Forbidden) -> HTMLResponse:
+    return _render(request, "message.html", {"title": "Request refused", "message": error.detail}, status=403)
+
+
+# -- home ----------------------------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+def home(request: Request) -> Response:
+    principal = _current_principal(request)
+    if principal is None:
+        return RedirectResponse("/login", status_code=303)
+    twofold = _twofold(request)
+    view = twofold.admin.self_view(principal)
+    return _render(request, "home.html", {"view": view, "is_admin": view.is_admin}, principal=principal)
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    try:
+        await _form(request)
+    except Forbidden as error:
+        return _csrf_refused(request, error)
+    principal = _current_principal(request)
+    if principal is not None:
+        _twofold(request).sessions.logout(principal, request_context(request))
+    response = RedirectResponse("/login?signed_out=1", status_code=303)
+    _clear_cookie(response, SESSION_COOKIE)
+    _clear_cookie(response, LOGIN_COOKIE)
+    return response
+
+
+# -- password step -------------------------------------------------------------------------------
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, signed_out: str | None = None, expired: str | None = None) -> Response:
+    if _current_principal(request) is not None:
+        return RedirectResponse("/", status_code=303)
+    notice = None
+    if signed_out:
+        notice = "You are signed out."
+    elif expired:
+        notice = "Your sign-in expired. Please sign in again."
+    return _render(request, "login.html", {"notice": notice, "username": ""})
+
+
+@router.get("/login/sso", response_class=HTMLResponse)
+def sso_page(request: Request) -> Response:
+    return _render(
+        request,
+        "message.html",
+        {
+            "title": "Sign in with SSO",
+            "message": "No single sign-on provider is configured here yet. Sign in with your username and password.",
+            "back": "/login",
+            "back_label": "Back to sign in",
+        },
+    )
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login_submit(request: Request) -> Response:
+    try:
+        form = await _form(request)
+    except Forbidden as error:
+        return _csrf_refused(request, error)
+    username = form.get("username", "")[:256]
+    password = form.get("password", "")[:1024]
+    twofold = _twofold(request)
+    if not username or not password:
+        return _render(
+            request, "login.html", {"error": "Enter your username and password.", "username": username}, status=422
+        )
+    try:
+        outcome = twofold.login.start(username=username, password=password, context=request_context(request))
+    except TwofoldError as error:
+        message = "Invalid username or password." if error.code == "invalid_credentials" else _problem_message(error)
+        response = _render(request, "login.html", {"error": message, "username": username}, status=error.status)
+        if isinstance(error, RateLimited):
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
+    if outcome.status == "authenticated":
+        return _signed_in(request, outcome)
+    target = "/login/verify" if outcome.status == "mfa_required" else "/login/enroll"
+    response = RedirectResponse(target, status_code=303)
+    assert outcome.transaction_token is not None
+    _set_cookie(response, LOGIN_COOKIE, outcome.transaction_token, max_age=_seconds_until(outcome.expires_at))
+    # A new login drops any earlier session cookie of this browser: the session id changes at each step.
+    _clear_cookie(response, SESSION_COOKIE)
+    return response
+
+
+def _transaction_or_restart(request: Request) -> tuple[str, Any] | Response:
+    token = request.cookies.get(LOGIN_COOKIE)
+    if not token:
+        return RedirectResponse("/login?expired=1", status_code=303)
+    try:
+        return token, _twofold(request).login.transaction_view(token)
+    except TransactionExpired:
+        response = RedirectResponse("/login?expired=1", status_code=303)
+        _clear_cookie(response, LOGIN_COOKIE)
+        return response
+
+
+# -- second factor -------------------------------------------------------------------------------
+
+
+def _verify_context(request: Request, view: Any, *, method: str | None) -> dict[str, Any]:
+    transaction, user, methods = view
+    twofold = _twofold(request)
+    registered = {m.type for m in methods}
+    known = {m.method_type: m for m in twofold.registry}
+    return {
+        "username": user.username,
+        "methods": methods,
+        "method_types": registered,
+        "display_names": {t: known[t].display_name for t in registered if t in known},
+        "chosen": method,
+        "expires_at": transaction.expires_at,
+    }
+
+
+@router.get("/login/verify", response_class=HTMLResponse)
+def verify_page(request: Request, method: str | None = None) -> Response:
+    found = _transaction_or_restart(request)
+    if isinstance(found, Response):
+        return found
+    _, view = found
+    if view[0].state != "mfa_required":
+        return RedirectResponse("/login/enroll", status_code=303)
+    return _render(request, "verify.html", _verify_context(request, view, method=method))
+
+
+@router.post("/login/verify", response_class=HTMLResponse)
+async def verify_submit(request: Request) -> Response:
+    try:
+        form = await _form(request)
+    except Forbidden as error:
+        return _csrf_refused(request, error)
+    found = _transaction_or_restart(request)
+    if isinstance(found, Response):
+        return found
+    token, view = found
+    verification_type = form.get("type", "totp")[:32]
+    proof: dict[str, Any] = {}
+    if form.get("code"):
+        proof["code"] = form["code"].strip()[:64]
+    for name in ("credential_json", "challenge_id"):
+        if form.get(name):
+            proof[name.removesuffix("_json")] = form[name][:16384]
+    try:
+        outcome = _twofold(request).login.verify(
+            transaction_token=token,
+            verification_type=verification_type,
+            proof=proof,
+            context=request_context(request),
+        )
+    except ProofPending:
+        return RedirectResponse("/login/verify?method=push", status_code=303)
+    except TransactionExpired:
+        response = RedirectResponse("/login?expired=1", status_code=303)
+        _clear_cookie(response, LOGIN_COOKIE)
+        return response
+    except TwofoldError as error:
+        attempts_left = error.extra.get("attempts_left")
+        message = _problem_message(error)
+        if error.code == "invalid_code":
+            message = "That code did not work."
+            if attempts_left is not None:
+                message += f" {attempts_left} attempt{'s' if attempts_left != 1 else ''} left."
+        if attempts_left == 0 or isinstance(error, RateLimited):
+            response = _render(request, "login.html", {"error": message, "username": ""}, status=error.status)
+            _clear_cookie(response, LOGIN_COOKIE)
+            return response
+        context = _verify_context(request, view, method=verification_type)
+        context["error"] = message
+        return _render(request, "verify.html", context, status=error.status)
+    return _signed_in(request, outcome)
+
+
+# -- forced enrollment (R3) ----------------------------------------------------------------------
+
+
+@router.get("/login/enroll", response_class=HTMLResponse)
+def enroll_page(request: Request) -> Response:
+    found = _transaction_or_restart(request)
+    if isinstance(found, Response):
+        return found
+    _, view = found
+    transaction, user, _methods = view
+    if transaction.state != "enrollment_required":
+        return RedirectResponse("/login/verify", status_code=303)
+    twofold = _twofold(request)
+    with twofold.uow(read_only=True) as uow:
+        enrollable = twofold.login.enrollable_types(uow, user, request_context(request))
+    known = {m.method_type: m for m in twofold.registry}
+    return _render(
+        request,
+        "enroll.html",
+        {
+            "username": user.username,
+            "enrollable": [(t, known[t].display_name) for t in enrollable],
+            "expires_at": transaction.expires_at,
+        },
+    )
+
+
+@router.post("/login/enroll", response_class=HTMLResponse)
+async def enroll_add(request: Request) -> Response:
+    try:
+        form = await _form(request)
+    except Forbidden as error:
+        return _csrf_refused(request, error)
+    found = _transaction_or_restart(request)
+    if isinstance(found, Response):
+        return found
+    token, view = found
+    twofold = _twofold(request)
+    method_type = form.get("type", "")[:32]
+    try:
+        started = twofold.login.begin_enrollment(
+            transaction_token=token,
+            method_type=method_type,
+            name=form.get("name", "")[:256],
+            context=request_context(request),
+        )
+    except TwofoldError as error:
+        return _render(
+            request,
+            "message.html",
+            {"title": "Cannot add this method", "message": error.detail, "back": "/login/enroll"},
+            status=error.status,
+        )
+    return _render(request, f"enroll_{method_type}.html", {"enrollment": started, "username": view[1].username})
+
+
+@router.post("/login/enroll/complete", response_class=HTMLResponse)
+async def enroll_complete(request: Request) -> Response:
+    try:
+        form = await _form(request)
+    except Forbidden as error:
+        return _csrf_refused(request, error)
+    found = _transaction_or_restart(request)
+    if isinstance(found, Response):
+        return found
+    token, _view = found
+    proof = {k: v[:16384] for k, v in form.items() if k not in {"csrf_token", "enrollment_id"}}
+    try:
+        outcome = _twofold(request).login.complete_enrollment(
+            transaction_token=token,
+            enrollment_id=form.get("enrollment_id", "")[:64],
+            proof=proof,
+            context=request_context(request),
+        )
+    except ProofPending:
+        return RedirectResponse("/login/enroll", status_code=303)
+    except TwofoldError as error:
+        return _render(
+            request,
+            "message.html",
+            {"title": "The method was not added", "message": error.detail, "back": "/login/enroll"},
+            status=error.status,
+        )
+    response = _render(request, "enrolled.html", {"recovery_codes": outcome.recovery_codes})
+    assert outcome.session is not None
+    _set_cookie(
+        response, SESSION_COOKIE, outcome.session.token, max_age=_seconds_until(outcome.session.session.expires_at)
+    )
+    _clear_cookie(response, LOGIN_COOKIE)
+    return response
+
+
+# -- set-up and password-reset links -------------------------------------------------------------
+
+
+def _link_page(request: Request, token: str, purpose: TokenPurpose, *, error: str | None = None) -> HTMLResponse:
+    title = "Set your password" if purpose is TokenPurpose.SETUP else "Choose a new password"
+    action = ("/setup/" if purpose is TokenPurpose.SETUP else "/password-reset/") + quote(token, safe="")
+    return _render(
+        request, "set_password.html", {"title": title, "action": action, "error": error}, status=422 if error else 200
+    )
+
+
+@router.get("/setup/{token}", response_class=HTMLResponse)
+def setup_page(request: Request, token: str) -> Response:
+    return _link_page(request, token, TokenPurpose.SETUP)
+
+
+@router.get("/password-reset/{token}", response_class=HTMLResponse)
+def reset_page(request: Request, token: str) -> Response:
+    return _link_page(request, token, TokenPurpose.PASSWORD_RESET)
+
+
+async def _redeem(request: Request, token: str, purpose: TokenPurpose) -> Response:
+    try:
+        form = await _form(request)
+    except Forbidden as error:
+        return _csrf_refused(request, error)
+    password = form.get("password", "")[:1024]
+    if password != form.get("confirm_password", "")[:1024]:
+        return _link_page(request, token, purpose, error="The two passwords differ.")
+    try:
+        _twofold(request).accounts.redeem_link(
+            token=token[:512], password=password, purpose=purpose, context=request_context(request)
+        )
+    except TwofoldError as error:
+        return _link_page(request, token, purpose, error=error.detail)
+    return _render(
+        request,
+        "message.html",
+        {
+            "title": "Password saved",
+            "message": "Your password is set. Sign in to continue; you will be asked for your verification method.",
+            "back": "/login",
+            "back_label": "Sign in",
+        },
+    )
+
+
+@router.post("/setup/{token}", response_class=HTMLResponse)
+async def setup_submit(request: Request, token: str) -> Response:
+    return await _redeem(request, token, TokenPurpose.SETUP)
+
+
+@router.post("/password-reset/{token}", response_class=HTMLResponse)
+async def reset_submit(request: Request, token: str) -> Response:
+    return await _redeem(request, token, TokenPurpose.PASSWORD_RESET)
+
+
+@router.get("/password-reset", response_class=HTMLResponse)
+def reset_request_page(request: Request) -> Response:
+    return _render(request, "reset_request.html", {})
+
+
+@router.post("/password-reset", response_class=HTMLResponse)
+async def reset_request_submit(request: Request) -> Response:
+    try:
+        form = await _form(request)
+    except Forbidden as error:
+        return _csrf_refused(request, error)
+    username = form.get("username", "").strip()[:256]
+    if username:
+        _twofold(request).accounts.request_password_reset(username=username, context=request_context(request))
+    return _render(
+        request,
+        "message.html",
+        {
+            "title": "Check your email",
+            "message": "If an account with this username exists, we sent it a link to choose a new password.",
+            "back": "/login",
+            "back_label": "Back to sign in",
+        },
+    )
