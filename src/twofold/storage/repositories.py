@@ -214,7 +214,9 @@ class TransactionRepository(_Repository):
         if except_id:
             stmt = stmt.where(c.id != except_id)
         result: Any = self.s.execute(stmt.values(ended_at=now))
-        self.s.expire_all()
+        for loaded in list(self.s.identity_map.values()):
+            if isinstance(loaded, e.LoginTransaction) and loaded.user_id == user_id:
+                self.s.expire(loaded)
         return int(result.rowcount or 0)
 
     def _refresh(self, transaction_id: str) -> None:

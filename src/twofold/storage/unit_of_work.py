@@ -38,10 +38,11 @@ class SqlUnitOfWork:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
-            if exc_type is None and not self._read_only:
-                self.session.commit()
-            else:
+            if exc_type is not None:
                 self.session.rollback()
+            elif not self._read_only:
+                self.session.commit()
+            # A read-only unit just closes: what it loaded stays readable (a rollback would expire it).
         finally:
             self.session.close()
 
