@@ -370,7 +370,13 @@ async def enroll_add(request: Request) -> Response:
             {"title": "Cannot add this method", "message": error.detail, "back": "/login/enroll"},
             status=error.status,
         )
-    return _render(request, f"enroll_{method_type}.html", {"enrollment": started, "username": view[1].username})
+    # Each method package may bring its own enrollment template; others get the generic code form.
+    template = f"enroll_{started.type}.html"
+    if not (_HERE / "templates" / template).exists():
+        template = "enroll_generic.html"
+    display_name = twofold.registry.method(started.type).display_name
+    return _render(request, template, {"enrollment": started, "display_name": display_name,
+                                       "username": view[1].username})
 
 
 @router.post("/login/enroll/complete", response_class=HTMLResponse)
