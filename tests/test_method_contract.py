@@ -1,0 +1,71 @@
+"""The contract every registered verification method keeps (DESIGN.md §4). Methods of the product
+registry join this test by being registered; the test method keeps the contract honest meanwhile."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from twofold.domain.clock import utcnow
+from twofold.domain.entities import MethodStatus, Organization, User, UserKind
+from twofold.domain.errors import ValidationFailed, VerificationError
+from twofold.domain.verification import MethodContext, VerificationResult
+from twofold.methods.registry import MethodRegistry, default_registry
+from twofold.services.crypto import AesGcmSealer
+
+from .support.methods import KnownCodeMethod
+
+METHODS = [*default_registry(), KnownCodeMethod()]
+WRONG_PROOFS = [{}, {"code": ""}, {"code": "000000"}, {"code": None}, {"code": 123456}, {"credential": {}}]
+
+
+def _context() -> MethodContext:
+    return MethodContext(
+        now=utcnow(), sealer=AesGcmSealer("k" * 40), public_url="http://localhost:8000", rp_id="localhost",
+        organization=Organization(name="Acme"),
+    )
+
+
+def _user() -> User:
+    return User(organization_id="o", identity_provider_id="p", username="alice", username_key="alice",
+                email="alice@example.com", kind=UserKind.USER.value)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.method_type)
+def test_enrollment_is_two_phase_and_wrong_proofs_raise(method):
+    context, user = _context(), _user()
+    assert method.available(context) in (True, False)
+    started = method.begin_enrollment(user=user, name="Mine", context=context)
+    record = started.record
+    assert record.user_id == user.id and record.type == method.method_type and record.name == "Mine"
+    assert record.status == MethodStatus.PENDING.value
+    for value in started.client_data.values():
+        # Whatever the client is shown is never stored in the clear.
+        if isinstance(value, str) and len(value) >= 6 and record.payload_encrypted:
+            assert value not in record.payload_encrypted
+    for proof in WRONG_PROOFS:
+        with pytest.raises(VerificationError):
+            method.complete_enrollment(user=user, record=record, proof=proof, context=context)
+        with pytest.raises(VerificationError):
+            method.verify(user=user, methods=[record], proof=proof, context=context)
+
+
+def test_test_method_round_trip():
+    method, context, user = KnownCodeMethod(), _context(), _user()
+    started = method.begin_enrollment(user=user, name="Mine", context=context)
+    result = method.complete_enrollment(user=user, record=started.record, proof=started.client_data, context=context)
+    assert isinstance(result, VerificationResult) and result.method_id == started.record.id
+    assert method.verify(user=user, methods=[started.record], proof=started.client_data, context=context).amr
+
+
+def test_registry_refuses_unknown_types_and_duplicates():
+    assert default_registry().method_types == []
+    with pytest.raises(ValidationFailed):
+        default_registry().method("totp")
+    with pytest.raises(ValidationFailed):
+        default_registry().for_verification_type("totp")
+    with pytest.raises(ValueError):
+        MethodRegistry([KnownCodeMethod(), KnownCodeMethod()])
+
+
