@@ -3,8 +3,6 @@ registry join this test by being registered; the test method keeps the contract 
 
 from __future__ import annotations
 
-from datetime import date
-
 import pytest
 
 from twofold.domain.clock import utcnow
