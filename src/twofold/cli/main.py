@@ -167,9 +167,16 @@ def cmd_secrets_rotate(args: argparse.Namespace) -> int:
         raise CommandError(
             "set TWOFOLD_SECRET_KEY to the new key and TWOFOLD_OLD_SECRET_KEYS to the previous one(s), then run again"
         )
+    from twofold.services.crypto import SealedValueError
+
     twofold = _container(settings)
     try:
         count = twofold.maintenance.rotate_secrets()
+    except SealedValueError as error:
+        # Nothing was re-encrypted (one transaction); the operator needs to hear which key is missing.
+        raise CommandError(
+            f"{error}: add the key it was sealed with to TWOFOLD_OLD_SECRET_KEYS; nothing was changed"
+        ) from None
     finally:
         twofold.close()
     print(f"Re-encrypted {count} secret(s) under the current key. The old key(s) can now be removed.")

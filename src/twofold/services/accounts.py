@@ -291,6 +291,9 @@ class AccountService:
         user = principal.user
         if user.is_federated or user.password_hash is None:
             raise ValidationFailed("this account signs in through its identity provider and has no password here")
+        # Before the throttle: a refused new password is no failed sign-in, and raising after the refund
+        # below would roll the refund back and count it as one.
+        self.passwords.check_policy(new_password, kind=user.kind, username=user.username)
         now = utcnow()
         with self.uow() as uow:
             reservation = self.throttle.reserve_password_attempt(uow, user.username_key, now=now)
@@ -308,7 +311,6 @@ class AccountService:
                 uow.commit()
                 raise InvalidCredentials("the current password is wrong", status=400)
             self.throttle.refund(uow, reservation)
-            self.passwords.check_policy(new_password, kind=user.kind, username=user.username)
             stored = uow.users.get(user.id)
             assert stored is not None
             stored.password_hash = self.passwords.hash(new_password)

@@ -229,6 +229,8 @@ class AdminService:
                 if status != user.status:
                     if status == UserStatus.DISABLED.value and user.id == principal.user_id:
                         raise Conflict("you cannot disable your own account")
+                    if status == UserStatus.DISABLED.value:
+                        self._keep_an_active_administrator(uow, organization, leaving=user.id)
                     before["status"] = user.status
                     user.status = status
                     if status == UserStatus.DISABLED.value:
@@ -244,6 +246,15 @@ class AdminService:
             )
             uow.flush()
             return self._views(uow, organization, [user])[0]
+
+    def _keep_an_active_administrator(self, uow: UnitOfWork, organization: Organization, *, leaving: str) -> None:
+        """Locked like a revocation, so two administrators disabling each other cannot leave none."""
+        holders = uow.permissions.holders(organization.root_id, ORGANIZATION_ADMINISTRATOR, lock=True)
+        if leaving not in holders:
+            return
+        others = [uow.users.get_for_update(user_id) for user_id in holders if user_id != leaving]
+        if not any(other is not None and other.is_active for other in others):
+            raise Conflict("the organization must keep at least one active Organization Administrator")
 
     # -- unlock ----------------------------------------------------------------------------------
 
@@ -320,7 +331,10 @@ class AdminService:
             permission = uow.permissions.find(user.id, organization.root_id, ORGANIZATION_ADMINISTRATOR)
             if permission is None:
                 return
-            holders = uow.permissions.holders(organization.root_id, ORGANIZATION_ADMINISTRATOR)
+            # Locked: administrators revoking each other at the same moment must not leave none.
+            holders = uow.permissions.holders(organization.root_id, ORGANIZATION_ADMINISTRATOR, lock=True)
+            if user.id not in holders:
+                return  # revoked meanwhile by a concurrent request
             if len(holders) <= 1:
                 raise Conflict("the organization must keep at least one Organization Administrator")
             uow.permissions.delete(permission)

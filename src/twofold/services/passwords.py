@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from functools import lru_cache
 
@@ -19,10 +20,17 @@ class Passwords:
         )
         self._dummy_hash: str | None = None
         self._dummy_lock = threading.Lock()
+        # argon2-cffi releases the GIL, so every request thread can be inside argon2 at once. More of
+        # them than cores only time-slice, and a request holding the SQLite write lock then gets a
+        # sliver of CPU: writers queue for seconds, up to the busy timeout (503; bench/README.md).
+        # One hash per core at a time; the others wait here (in the login path, outside any
+        # transaction). The dummy verification waits the same way: equal work, DESIGN.md §7.
+        self._slots = threading.BoundedSemaphore(_cores())
         self.dummy_verifications = 0  # observable, so tests can assert the dummy work runs
 
     def hash(self, password: str) -> str:
-        return self._hasher.hash(password)
+        with self._slots:
+            return self._hasher.hash(password)
 
     def _dummy(self) -> str:
         with self._dummy_lock:
@@ -36,11 +44,12 @@ class Passwords:
         candidate = password[: PASSWORD_MAX * 4]
         if password_hash is None:
             self.dummy_verifications += 1
-            with contextlib.suppress(VerificationError):
+            with self._slots, contextlib.suppress(VerificationError):
                 self._hasher.verify(self._dummy(), candidate)
             return False
         try:
-            return self._hasher.verify(password_hash, candidate)
+            with self._slots:
+                return self._hasher.verify(password_hash, candidate)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 
@@ -52,6 +61,13 @@ class Passwords:
 
     def check_policy(self, password: str, *, kind: str, username: str) -> None:
         check_password_policy(password, kind=kind, username=username, is_common=is_common_password(password))
+
+
+def _cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 @lru_cache(maxsize=1)

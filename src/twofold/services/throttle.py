@@ -106,7 +106,9 @@ class Throttle:
     # -- second factor ---------------------------------------------------------------------------
 
     def reserve_mfa_attempt(self, uow: UnitOfWork, user_id: str, *, now: datetime) -> Reservation:
-        """Count one second-factor attempt as failed before checking it; success resets the count."""
+        """Count one second-factor attempt as failed before checking it; success resets the count.
+        Once the count has reached the lock threshold nothing more is reserved, so a parallel request
+        that read the account before the lock was written still cannot get one more code checked."""
         s = self.settings
         return self._reserve(
             uow,
@@ -116,6 +118,7 @@ class Throttle:
             base=s.mfa_backoff_base_seconds,
             maximum=s.mfa_backoff_max_seconds,
             message="too many failed verifications",
+            limit=s.mfa_lock_threshold,
         )
 
     def mfa_lock_reached(self, reservation: Reservation) -> bool:
@@ -130,11 +133,23 @@ class Throttle:
         return 0 if state is None else state.failures
 
     def _reserve(
-        self, uow: UnitOfWork, key: str, *, now: datetime, free: int, base: float, maximum: float, message: str
+        self,
+        uow: UnitOfWork,
+        key: str,
+        *,
+        now: datetime,
+        free: int,
+        base: float,
+        maximum: float,
+        message: str,
+        limit: int | None = None,
     ) -> Reservation:
         for _ in range(_CAS_RETRIES):
             state = uow.throttles.get(key)
             failures = 0 if state is None else state.failures
+            if limit is not None and failures >= limit:
+                # Decided on the same read the compare-and-set below guards: the count cannot overshoot.
+                raise RateLimited(message, retry_after=maximum)
             blocked_until = None if state is None or state.blocked_until is None else as_utc(state.blocked_until)
             if blocked_until is not None and blocked_until > now:
                 raise RateLimited(message, retry_after=(blocked_until - now).total_seconds())

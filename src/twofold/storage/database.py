@@ -9,6 +9,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+STATEMENT_TIMEOUT_MS = 15000
+
 
 def make_engine(url: str, *, busy_timeout_ms: int = 5000, pool_size: int = 20) -> Engine:
     parsed = make_url(url)
@@ -31,7 +33,12 @@ def make_engine(url: str, *, busy_timeout_ms: int = 5000, pool_size: int = 20) -
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_timeout=10,
-        connect_args={"connect_timeout": 5},
+        # A lock held elsewhere is waited for as long as SQLite's busy timeout, and no statement runs
+        # forever: both then fail as OperationalError, i.e. 503, never a hung request (DESIGN.md §6).
+        connect_args={
+            "connect_timeout": 5,
+            "options": f"-c lock_timeout={int(busy_timeout_ms)} -c statement_timeout={STATEMENT_TIMEOUT_MS}",
+        },
     )
 
 

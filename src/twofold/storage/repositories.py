@@ -114,9 +114,14 @@ class PermissionRepository(_Repository):
     def for_user(self, user_id: str) -> Sequence[e.Permission]:
         return self.s.scalars(select(e.Permission).where(t.permissions.c.user_id == user_id)).all()
 
-    def holders(self, organization_id: str, name: str) -> Sequence[str]:
+    def holders(self, organization_id: str, name: str, *, lock: bool = False) -> Sequence[str]:
         c = t.permissions.c
-        return self.s.scalars(select(c.user_id).where(c.organization_id == organization_id, c.name == name)).all()
+        stmt = select(c.user_id).where(c.organization_id == organization_id, c.name == name)
+        if lock:
+            # PostgreSQL: row locks, so two revocations cannot both see "another holder remains".
+            # SQLite: every write unit already holds the database's write lock.
+            stmt = stmt.with_for_update()
+        return self.s.scalars(stmt).all()
 
 
 class ExemptionRepository(_Repository):

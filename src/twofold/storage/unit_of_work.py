@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
+
+from twofold.domain.errors import Conflict
 
 from . import repositories as r
 from .tables import map_entities
@@ -41,7 +44,7 @@ class SqlUnitOfWork:
             if exc_type is not None:
                 self.session.rollback()
             elif not self._read_only:
-                self.session.commit()
+                self._commit()
             # A read-only unit just closes: what it loaded stays readable (a rollback would expire it).
         finally:
             self.session.close()
@@ -49,10 +52,23 @@ class SqlUnitOfWork:
     def commit(self) -> None:
         """Commit what is done so far and go on in a new transaction (used to persist a failure count
         before raising, so the rollback on the way out does not undo it)."""
-        self.session.commit()
+        self._commit()
 
     def flush(self) -> None:
-        self.session.flush()
+        try:
+            self.session.flush()
+        except IntegrityError:
+            self.session.rollback()
+            raise Conflict("this conflicts with data written at the same moment; try again") from None
+
+    def _commit(self) -> None:
+        # A unique constraint that a concurrent request won (two `init`s of one name, two users of one
+        # username) is a conflict for the caller, not a server fault.
+        try:
+            self.session.commit()
+        except IntegrityError:
+            self.session.rollback()
+            raise Conflict("this conflicts with data written at the same moment; try again") from None
 
 
 class SqlUnitOfWorkFactory:

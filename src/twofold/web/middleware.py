@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SECURITY_HEADERS = [
@@ -20,8 +21,11 @@ SECURITY_HEADERS = [
 ]
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    # An HTTPException, so that FastAPI's body parsing passes it on as the 413 problem instead of
+    # turning it into a 400 "error parsing the body" (a chunked body has no Content-Length to check).
+    def __init__(self) -> None:
+        super().__init__(413, "Request body too large")
 
 
 class LimitsAndHeaders:

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -107,6 +107,13 @@ def install(app: FastAPI) -> None:
             return await _unavailable(_, error)
         logger.error("database error: %s", error.__class__.__name__)
         return problem(503, "unavailable", "Service temporarily unavailable", headers={"Retry-After": "2"})
+
+    @app.exception_handler(DataError)
+    async def _unstorable(_: Request, error: DataError) -> Response:
+        # The database refused a value the client sent (PostgreSQL: a NUL character in text, which
+        # SQLite stores): the request is at fault, so a 422 rather than a 5xx (SECURITY.md "Bad input").
+        logger.warning("value refused by the database: %s", error.orig.__class__.__name__)
+        return problem(422, "validation_error", "Invalid request", "a value in the request cannot be stored")
 
     @app.exception_handler(SealedValueError)
     async def _sealed(_: Request, error: SealedValueError) -> Response:

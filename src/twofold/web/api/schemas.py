@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, model_validator
 
 from twofold.domain.clock import rfc3339
 
@@ -13,6 +13,28 @@ Short = Annotated[str, StringConstraints(max_length=256)]
 Username = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Password = Annotated[str, StringConstraints(max_length=1024)]
 Token = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+
+
+def _encodable(value: Any) -> Any:
+    """Free-form JSON (a method's proof) may carry a lone surrogate escaped as \\ud800, which no
+    UTF-8 encoder accepts further on: refuse it here as a 422 instead of a 500 (typed str fields
+    already refuse it)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _encodable(key)
+            _encodable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _encodable(item)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_encodable)]
 
 
 class Body(BaseModel):
@@ -28,7 +50,7 @@ class VerifyBody(Body):
     transaction: Token
     type: Short
     code: Annotated[str, StringConstraints(max_length=64)] | None = None
-    credential: dict[str, Any] | None = None
+    credential: JsonObject | None = None
     challenge_id: Short | None = None
 
     def proof(self) -> dict[str, Any]:
@@ -38,7 +60,7 @@ class VerifyBody(Body):
 class StepUpBody(Body):
     type: Short
     code: Annotated[str, StringConstraints(max_length=64)] | None = None
-    credential: dict[str, Any] | None = None
+    credential: JsonObject | None = None
     challenge_id: Short | None = None
 
     def proof(self) -> dict[str, Any]:
@@ -56,6 +78,11 @@ class EnrollCompleteBody(BaseModel):
     model_config = ConfigDict(extra="allow")
     transaction: Token
     enrollment_id: Short
+
+    @model_validator(mode="after")
+    def _proof_is_encodable(self) -> EnrollCompleteBody:
+        _encodable(self.model_extra or {})
+        return self
 
     def proof(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
