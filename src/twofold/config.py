@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     audit_retention_days: int = 400
     housekeeping_interval_seconds: int = 300
     max_body_bytes: int = 256 * 1024
-    sqlite_busy_timeout_ms: int = 5000
+    # How long a request waits for a lock held by another (SQLite busy timeout, PostgreSQL lock_timeout)
+    # before it gives up with a 503.
+    database_lock_timeout_ms: int = 5000
 
     # Argon2id, OWASP's first recommended profile (m=19 MiB, t=2, p=1).
     argon2_memory_kib: int = 19 * 1024

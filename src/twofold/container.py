@@ -49,7 +49,7 @@ class Twofold:
 def build(settings: Settings | None = None, *, registry: MethodRegistry | None = None) -> Twofold:
     settings = settings or load_settings()
     secret_key, old_keys = settings.secret_keys()
-    engine = make_engine(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    engine = make_engine(settings.database_url, busy_timeout_ms=settings.database_lock_timeout_ms)
     uow = SqlUnitOfWorkFactory(engine)
     registry = registry if registry is not None else default_registry()
     passwords = Passwords(

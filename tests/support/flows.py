@@ -34,19 +34,32 @@ def create_organization(twofold: Twofold, name: str = "Acme", admin: str = "alic
 
 
 def create_user(
-    twofold: Twofold, organization: Organization, username: str, *, kind: str = "user",
-    service_type: str | None = None, password: str | None = None,
+    twofold: Twofold,
+    organization: Organization,
+    username: str,
+    *,
+    kind: str = "user",
+    service_type: str | None = None,
+    password: str | None = None,
 ) -> Account:
     password = password or (SERVICE_PASSWORD if kind == "service" else USER_PASSWORD)
     created = twofold.accounts.create_user(
-        organization_id=organization.id, username=username, email=f"{username}@example.com", kind=kind,
-        service_type=service_type, password=password, actor_id=None, context=RequestContext(ip="127.0.0.1"),
+        organization_id=organization.id,
+        username=username,
+        email=f"{username}@example.com",
+        kind=kind,
+        service_type=service_type,
+        password=password,
+        actor_id=None,
+        context=RequestContext(ip="127.0.0.1"),
     )
     return Account(created.user, password)
 
 
 def login(client: Any, account: Account, password: str | None = None) -> Any:
-    return client.post("/api/v1/login", json={"username": account.user.username, "password": password or account.password})
+    return client.post(
+        "/api/v1/login", json={"username": account.user.username, "password": password or account.password}
+    )
 
 
 def enroll(client: Any, account: Account) -> Account:
@@ -62,7 +75,11 @@ def enroll(client: Any, account: Account) -> Account:
     account.code = started.json()["code"]
     done = client.post(
         "/api/v1/login/enroll/complete",
-        json={"transaction": body["transaction"], "enrollment_id": started.json()["enrollment_id"], "code": account.code},
+        json={
+            "transaction": body["transaction"],
+            "enrollment_id": started.json()["enrollment_id"],
+            "code": account.code,
+        },
     )
     assert done.status_code == 200, done.text
     account.token = done.json()["token"]
@@ -92,6 +109,7 @@ def exempt(twofold: Twofold, account: Account, *, days: int = 90) -> None:
         provider = uow.identity_providers.local_for(account.user.organization_id)
         assert provider is not None
         uow.session.add(  # type: ignore[attr-defined]
-            Exemption(identity_provider_id=provider.id, user_id=account.user.id,
-                      expires_at=utcnow() + timedelta(days=days))
+            Exemption(
+                identity_provider_id=provider.id, user_id=account.user.id, expires_at=utcnow() + timedelta(days=days)
+            )
         )

@@ -46,13 +46,21 @@ class KnownCodeMethod:
         return VerificationResult(method_id=record.id, amr=("otp",))
 
     def begin_verification(
-        self, *, user: User, methods: Sequence[VerificationMethodRecord], options: Mapping[str, Any],
+        self,
+        *,
+        user: User,
+        methods: Sequence[VerificationMethodRecord],
+        options: Mapping[str, Any],
         context: MethodContext,
     ) -> dict[str, Any]:
         return {}
 
     def verify(
-        self, *, user: User, methods: Sequence[VerificationMethodRecord], proof: Mapping[str, Any],
+        self,
+        *,
+        user: User,
+        methods: Sequence[VerificationMethodRecord],
+        proof: Mapping[str, Any],
         context: MethodContext,
     ) -> VerificationResult:
         given = proof.get("code")

@@ -44,7 +44,7 @@ def clean_display_name(name: str, *, field: str = "name", maximum: int = NAME_MA
 def clean_email(email: str) -> str:
     value = email.strip()
     local, at, domain = value.rpartition("@")
-    if not at or not local or "." not in domain or len(value) > 254 or any(c.isspace() for c in value):
+    if not at or not local or "." not in domain or len(value) > 254 or not value.isprintable() or " " in value:
         raise ValidationFailed("email must be an address such as name@example.com")
     return value
 
