@@ -4,7 +4,6 @@ PostgreSQL too. Each backend gets a database of its own, migrated once; each tes
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from twofold.config import Settings
 from twofold.container import Twofold, build
@@ -20,6 +18,7 @@ from twofold.methods.registry import MethodRegistry
 from twofold.storage.migrate import upgrade
 from twofold.storage.tables import metadata
 
+from .support.databases import postgres_database
 from .support.methods import KnownCodeMethod
 
 warnings.filterwarnings("ignore", message=".*httpx2.*")
@@ -28,10 +27,6 @@ POSTGRES_URL = os.environ.get("TWOFOLD_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
 SECRET_KEY = "test-secret-key-that-is-long-enough-0123456789"
 PUBLIC_URL = "http://localhost:8000"
-
-
-def _psycopg(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+psycopg://", 1) if url.startswith("postgresql://") else url
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -43,19 +38,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         yield url
         return
     assert POSTGRES_URL is not None
-    admin_url = _psycopg(POSTGRES_URL)
-    name = f"twofold_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    with postgres_database(POSTGRES_URL, "twofold_test") as url:
         upgrade(url)
         yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from twofold.web.app import create_app
 from .conftest import POSTGRES_URL, PUBLIC_URL, SECRET_KEY
 from .support.flows import USER_PASSWORD, Account, bearer, create_organization, create_user, enroll, login
 from .support.methods import METHOD_TYPE
-from .support.servers import ROOT, TEST_METHOD_SERVER, free_port, wait_ready
+from .support.servers import ROOT, TEST_METHOD_SERVER, free_port, stop, wait_ready
 from .support.tcp_proxy import TcpProxy
 
 # Long enough that a hung request fails the test instead of the suite; a 503 must come well before.
@@ -81,13 +81,7 @@ def real_server(env: dict[str, str], log_dir: Path, name: str) -> Iterator[Serve
             raise RuntimeError(f"{error}\n{log.read_text(errors='replace')}") from None
         yield Server(url, process, log)
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
 
 
 def server_env(database_url: str, **settings: str) -> dict[str, str]:

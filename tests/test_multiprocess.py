@@ -15,7 +15,7 @@ import pytest
 from twofold.container import Twofold
 
 from .conftest import SECRET_KEY
-from .support.flows import Account, create_organization, create_user
+from .support.flows import Account, create_organization, create_user, is_locked, mfa_failures
 from .support.methods import METHOD_TYPE
 from .support.servers import TEST_METHOD_SERVER, running_server
 
@@ -115,18 +115,6 @@ def in_parallel(calls: list[Callable[[httpx.Client], Any]]) -> list[Any]:
         thread.join()
     assert not errors, errors
     return results
-
-
-def mfa_failures(twofold: Twofold, account: Account) -> int:
-    with twofold.uow(read_only=True) as uow:
-        return twofold.throttle.mfa_failures(uow, account.user.id)
-
-
-def is_locked(twofold: Twofold, account: Account) -> bool:
-    with twofold.uow(read_only=True) as uow:
-        user = uow.users.get(account.user.id)
-        assert user is not None
-        return user.locked_at is not None
 
 
 def test_password_backoff_holds_across_processes(shared, servers, http):

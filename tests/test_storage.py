@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect, text, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from twofold.domain.clock import utcnow
@@ -33,7 +32,8 @@ from twofold.storage import tables as t
 from twofold.storage.migrate import upgrade
 from twofold.storage.tables import ImmutableFieldChanged
 
-from .conftest import POSTGRES_URL, _psycopg
+from .conftest import POSTGRES_URL
+from .support.databases import postgres_database
 from .support.flows import create_organization, create_user
 
 TABLES = {
@@ -49,17 +49,8 @@ def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / f'fresh-{uuid.uuid4().hex[:8]}.db'}"
         return
     assert POSTGRES_URL is not None
-    admin_url = _psycopg(POSTGRES_URL)
-    name = f"twofold_fresh_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with postgres_database(POSTGRES_URL, "twofold_fresh") as url:
+        yield url
 
 
 def schema_of(url: str) -> tuple[set[str], list[str]]:

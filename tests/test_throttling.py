@@ -22,7 +22,17 @@ from twofold.container import Twofold
 from twofold.web.app import create_app
 
 from .conftest import PUBLIC_URL, SECRET_KEY
-from .support.flows import Account, bearer, create_organization, create_user, enroll, login, sign_in
+from .support.flows import (
+    Account,
+    bearer,
+    create_organization,
+    create_user,
+    enroll,
+    is_locked,
+    login,
+    mfa_failures,
+    sign_in,
+)
 from .support.methods import METHOD_TYPE
 
 WRONG_PASSWORD = "definitely not the password"
@@ -61,18 +71,6 @@ def assert_rate_limited(response: Any) -> int:
     retry_after = int(response.headers["Retry-After"])
     assert retry_after >= 1
     return retry_after
-
-
-def mfa_failures(twofold: Twofold, account: Account) -> int:
-    with twofold.uow(read_only=True) as uow:
-        return twofold.throttle.mfa_failures(uow, account.user.id)
-
-
-def is_locked(twofold: Twofold, account: Account) -> bool:
-    with twofold.uow(read_only=True) as uow:
-        user = uow.users.get(account.user.id)
-        assert user is not None
-        return user.locked_at is not None
 
 
 def audit_events(client: Any, admin: Account, organization_id: str, event_type: str, subject: Account) -> list[Any]:

@@ -113,3 +113,16 @@ def exempt(twofold: Twofold, account: Account, *, days: int = 90) -> None:
                 identity_provider_id=provider.id, user_id=account.user.id, expires_at=utcnow() + timedelta(days=days)
             )
         )
+
+
+def mfa_failures(twofold: Twofold, account: Account) -> int:
+    """The account's consecutive second-factor failures, as the throttle counts them."""
+    with twofold.uow(read_only=True) as uow:
+        return twofold.throttle.mfa_failures(uow, account.user.id)
+
+
+def is_locked(twofold: Twofold, account: Account) -> bool:
+    with twofold.uow(read_only=True) as uow:
+        user = uow.users.get(account.user.id)
+        assert user is not None
+        return user.locked_at is not None
