@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import smtplib
+from collections import deque
 from email.message import EmailMessage
 from urllib.parse import unquote, urlsplit
 
@@ -15,7 +16,8 @@ class LogNotifier:
 
     def __init__(self, *, include_body: bool) -> None:
         self.include_body = include_body
-        self.sent: list[tuple[str, str, str]] = []
+        # The latest messages, for a look from a shell or a test; bounded so a long-running server keeps none.
+        self.sent: deque[tuple[str, str, str]] = deque(maxlen=100)
 
     def notify(self, *, to: str, subject: str, body: str) -> None:
         self.sent.append((to, subject, body))
