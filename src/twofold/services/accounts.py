@@ -63,6 +63,7 @@ class AccountService:
     ) -> tuple[Organization, CreatedUser]:
         """`twofold init`: a root organization, its local identity provider and first administrator."""
         name = clean_display_name(organization_name, field="organization name", maximum=200)
+        password_hash = self._hash_new_password(admin_password, kind="user", service_type=None, username=admin_username)
         with self.uow() as uow:
             if uow.organizations.get_root_by_name(name) is not None:
                 raise Conflict(f"organization {name!r} already exists")
@@ -82,7 +83,7 @@ class AccountService:
                 display_name=None,
                 kind="user",
                 service_type=None,
-                password=admin_password,
+                password_hash=password_hash,
                 actor_id=None,
                 context=RequestContext(ip=None),
             )
@@ -123,6 +124,7 @@ class AccountService:
         actor_id: str | None,
         context: RequestContext,
     ) -> CreatedUser:
+        password_hash = self._hash_new_password(password, kind=kind, service_type=service_type, username=username)
         with self.uow() as uow:
             organization = uow.organizations.get(organization_id)
             if organization is None:
@@ -135,10 +137,21 @@ class AccountService:
                 display_name=display_name,
                 kind=kind,
                 service_type=service_type,
-                password=password,
+                password_hash=password_hash,
                 actor_id=actor_id,
                 context=context,
             )
+
+    def _hash_new_password(
+        self, password: str | None, *, kind: str, service_type: str | None, username: str
+    ) -> str | None:
+        """Policy check and argon2 before any write transaction opens: argon2 takes tens of
+        milliseconds, and SQLite has one writer at a time."""
+        if password is None:
+            return None
+        kind, _ = validate_kind(kind, service_type)
+        self.passwords.check_policy(password, kind=kind, username=clean_username(username))
+        return self.passwords.hash(password)
 
     def _create_user(
         self,
@@ -150,7 +163,7 @@ class AccountService:
         display_name: str | None,
         kind: str,
         service_type: str | None,
-        password: str | None,
+        password_hash: str | None,
         actor_id: str | None,
         context: RequestContext,
     ) -> CreatedUser:
@@ -163,8 +176,6 @@ class AccountService:
         key = username_key(clean_name)
         if uow.users.by_username_key(key) is not None:
             raise Conflict("this username is taken")
-        if password is not None:
-            self.passwords.check_policy(password, kind=kind, username=clean_name)
         now = utcnow()
         user = User(
             organization_id=root.id,
@@ -175,13 +186,13 @@ class AccountService:
             display_name=clean_display_name(display_name, field="display_name", maximum=200) if display_name else None,
             kind=kind,
             service_type=service_type,
-            password_hash=self.passwords.hash(password) if password is not None else None,
-            password_changed_at=now if password is not None else None,
+            password_hash=password_hash,
+            password_changed_at=now if password_hash is not None else None,
         )
         uow.users.add(user)
         uow.flush()
         created = CreatedUser(user)
-        if password is None:
+        if password_hash is None:
             created.setup_url = self._issue_link(uow, user, TokenPurpose.SETUP, now=now)
         audit.record(
             uow,
@@ -195,7 +206,7 @@ class AccountService:
                 "kind": kind,
                 "service_type": service_type,
                 "by": actor_id or OPERATOR,
-                "setup_link": password is None,
+                "setup_link": password_hash is None,
             },
         )
         return created
@@ -237,22 +248,16 @@ class AccountService:
 
     def redeem_link(self, *, token: str, password: str, purpose: TokenPurpose, context: RequestContext) -> None:
         now = utcnow()
+        with self.uow(read_only=True) as uow:
+            record, user = self._link_owner(uow, token, purpose, now=now)
+        self.passwords.check_policy(password, kind=user.kind, username=user.username)
+        password_hash = self.passwords.hash(password)  # outside the write transaction
+        now = utcnow()
         with self.uow() as uow:
-            record = uow.tokens.by_hash(hash_token(token)) if token.startswith(SETUP_TOKEN_PREFIX + "_") else None
-            if (
-                record is None
-                or record.purpose != purpose.value
-                or record.used_at is not None
-                or as_utc(record.expires_at) <= now
-            ):
-                raise NotFound("this link is invalid, used or expired")
-            user = uow.users.get(record.user_id)
-            if user is None or not user.is_active or user.is_federated:
-                raise NotFound("this link is invalid, used or expired")
-            self.passwords.check_policy(password, kind=user.kind, username=user.username)
+            record, user = self._link_owner(uow, token, purpose, now=now)
             if not uow.tokens.redeem(record.id, now=now):
                 raise NotFound("this link is invalid, used or expired")
-            user.password_hash = self.passwords.hash(password)
+            user.password_hash = password_hash
             user.password_changed_at = now
             if purpose is TokenPurpose.PASSWORD_RESET:
                 # The old password may be known to someone else: end what it opened (MFA stays as it is).
@@ -265,6 +270,21 @@ class AccountService:
                 subject_id=user.id,
                 ip=context.ip,
             )
+
+    @staticmethod
+    def _link_owner(uow: UnitOfWork, token: str, purpose: TokenPurpose, *, now: datetime) -> tuple[OneTimeToken, User]:
+        record = uow.tokens.by_hash(hash_token(token)) if token.startswith(SETUP_TOKEN_PREFIX + "_") else None
+        if (
+            record is None
+            or record.purpose != purpose.value
+            or record.used_at is not None
+            or as_utc(record.expires_at) <= now
+        ):
+            raise NotFound("this link is invalid, used or expired")
+        user = uow.users.get(record.user_id)
+        if user is None or not user.is_active or user.is_federated:
+            raise NotFound("this link is invalid, used or expired")
+        return record, user
 
     def request_password_reset(self, *, username: str, context: RequestContext) -> None:
         """Always the same answer; a link is sent only when a local, active account exists."""
@@ -298,8 +318,9 @@ class AccountService:
         with self.uow() as uow:
             reservation = self.throttle.reserve_password_attempt(uow, user.username_key, now=now)
         ok = self.passwords.verify(user.password_hash, current_password)
+        new_hash = self.passwords.hash(new_password) if ok else None  # outside the write transaction
         with self.uow() as uow:
-            if not ok:
+            if new_hash is None:
                 audit.record(
                     uow,
                     "password.change_failed",
@@ -313,7 +334,7 @@ class AccountService:
             self.throttle.refund(uow, reservation)
             stored = uow.users.get(user.id)
             assert stored is not None
-            stored.password_hash = self.passwords.hash(new_password)
+            stored.password_hash = new_hash
             stored.password_changed_at = now
             assert principal.session is not None
             uow.transactions.end_all_for_user(user.id, now=now)

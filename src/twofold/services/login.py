@@ -116,6 +116,9 @@ class LoginService:
 
         # Unknown, disabled and SSO users get the same argon2 work against a dummy hash (R2, §7).
         password_ok = self.passwords.verify(usable_hash, password)
+        upgraded_hash = None
+        if password_ok and usable_hash and self.passwords.needs_rehash(usable_hash):
+            upgraded_hash = self.passwords.hash(password)  # new parameters; outside the write transaction
 
         now = utcnow()
         with self.uow() as uow:
@@ -142,8 +145,8 @@ class LoginService:
                 uow.commit()
                 raise InvalidCredentials()
             self.throttle.refund(uow, reservation)
-            if user.password_hash and self.passwords.needs_rehash(user.password_hash):
-                user.password_hash = self.passwords.hash(password)
+            if upgraded_hash is not None and user.password_hash == usable_hash:
+                user.password_hash = upgraded_hash
             if user.locked_at is not None:
                 self._refuse_locked(uow, user, now=now, context=context)
             return self._after_password(uow, user, now=now, context=context)
