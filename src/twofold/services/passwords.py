@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections import deque
 from functools import lru_cache
+from typing import Any
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -25,7 +27,7 @@ class Passwords:
         # sliver of CPU: writers queue for seconds, up to the busy timeout (503; bench/README.md).
         # One hash per core at a time; the others wait here (in the login path, outside any
         # transaction). The dummy verification waits the same way: equal work, DESIGN.md §7.
-        self._slots = threading.BoundedSemaphore(_cores())
+        self._slots = _FairSlots(_cores())
         self.dummy_verifications = 0  # observable, so tests can assert the dummy work runs
 
     def hash(self, password: str) -> str:
@@ -61,6 +63,33 @@ class Passwords:
 
     def check_policy(self, password: str, *, kind: str, username: str) -> None:
         check_password_policy(password, kind=kind, username=username, is_common=is_common_password(password))
+
+
+class _FairSlots:
+    """A counting semaphore that serves waiters first come, first served: threading.Semaphore lets a
+    newcomer take a freed slot ahead of the threads already waiting, which stretches the latency tail."""
+
+    def __init__(self, slots: int) -> None:
+        self._lock = threading.Lock()
+        self._free = slots
+        self._waiters: deque[threading.Lock] = deque()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._free > 0:
+                self._free -= 1
+                return
+            gate = threading.Lock()
+            gate.acquire()
+            self._waiters.append(gate)
+        gate.acquire()  # released by the holder that hands its slot over
+
+    def __exit__(self, *_: Any) -> None:
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().release()  # the slot passes straight to the oldest waiter
+            else:
+                self._free += 1
 
 
 def _cores() -> int:
