@@ -5,7 +5,6 @@ there, so alternating or splitting requests between them gains an attacker nothi
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from twofold.container import Twofold
 
 from .conftest import SECRET_KEY
-from .support.flows import Account, create_organization, create_user, is_locked, mfa_failures
+from .support.flows import Account, create_organization, create_user, is_locked, mfa_failures, run_together
 from .support.methods import METHOD_TYPE
 from .support.servers import TEST_METHOD_SERVER, running_server
 
@@ -95,26 +94,8 @@ def assert_rate_limited(response: httpx.Response) -> None:
 
 
 def in_parallel(calls: list[Callable[[httpx.Client], Any]]) -> list[Any]:
-    """Run the calls at once, each on its own connection and thread, released together by a barrier."""
-    results: list[Any] = [None] * len(calls)
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(calls))
-
-    def run(index: int) -> None:
-        try:
-            with httpx.Client(timeout=60) as client:
-                barrier.wait()
-                results[index] = calls[index](client)
-        except BaseException as error:  # surfaced below, in the test's own thread
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
-    return results
+    """Run the calls at once, each on its own connection and thread."""
+    return run_together(calls, lambda: httpx.Client(timeout=60))
 
 
 def test_password_backoff_holds_across_processes(shared, servers, http):

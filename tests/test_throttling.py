@@ -10,7 +10,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from .support.flows import (
     is_locked,
     login,
     mfa_failures,
+    run_together,
     sign_in,
 )
 from .support.methods import METHOD_TYPE
@@ -95,26 +95,8 @@ def fail_codes(client: Any, account: Account, count: int) -> None:
 
 
 def parallel(app: Any, calls: list[Callable[[TestClient], Any]]) -> list[Any]:
-    """Run the calls at once, each on its own client and thread, released together by a barrier."""
-    results: list[Any] = [None] * len(calls)
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(calls))
-
-    def run(index: int) -> None:
-        try:
-            with TestClient(app, base_url=PUBLIC_URL) as own_client:
-                barrier.wait()
-                results[index] = calls[index](own_client)
-        except BaseException as error:  # surfaced below, in the test's own thread
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
-    return results
+    """Run the calls at once, each on its own client and thread."""
+    return run_together(calls, lambda: TestClient(app, base_url=PUBLIC_URL))
 
 
 # -- password step ---------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -126,3 +129,27 @@ def is_locked(twofold: Twofold, account: Account) -> bool:
         user = uow.users.get(account.user.id)
         assert user is not None
         return user.locked_at is not None
+
+
+def run_together(calls: list[Callable[[Any], Any]], new_client: Callable[[], ContextManager[Any]]) -> list[Any]:
+    """Run the calls at once, each on its own client (from ``new_client``) and thread, released
+    together by a barrier; errors surface in the test's own thread."""
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(calls))
+
+    def run(index: int) -> None:
+        try:
+            with new_client() as own_client:
+                barrier.wait()
+                results[index] = calls[index](own_client)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    return results
