@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 
 from twofold.config import Settings
 from twofold.container import Twofold, build
-from twofold.methods.registry import MethodRegistry
+from twofold.methods.registry import MethodRegistry, default_registry
 from twofold.storage.migrate import upgrade
 from twofold.storage.tables import metadata
 
@@ -104,4 +104,20 @@ def client(twofold: Twofold) -> Iterator[Any]:
     from twofold.web.app import create_app
 
     with TestClient(create_app(twofold, housekeeping=False), base_url=PUBLIC_URL) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def product_twofold(make_twofold: Callable[..., Twofold]) -> Twofold:
+    """Twofold with the product's method registry (TOTP and the rest), as `twofold serve` builds it."""
+    return make_twofold(registry=default_registry())
+
+
+@pytest.fixture
+def product_client(product_twofold: Twofold) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+
+    from twofold.web.app import create_app
+
+    with TestClient(create_app(product_twofold, housekeeping=False), base_url=PUBLIC_URL) as test_client:
         yield test_client

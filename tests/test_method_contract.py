@@ -10,9 +10,11 @@ from twofold.domain.entities import MethodStatus, Organization, User, UserKind
 from twofold.domain.errors import ValidationFailed, VerificationError
 from twofold.domain.verification import MethodContext, VerificationResult
 from twofold.methods.registry import MethodRegistry, default_registry
+from twofold.methods.totp import TotpMethod
 from twofold.services.crypto import AesGcmSealer
 
 from .support.methods import KnownCodeMethod
+from .support.totp import PERIOD, code_at_step
 
 METHODS = [*default_registry(), KnownCodeMethod()]
 WRONG_PROOFS = [{}, {"code": ""}, {"code": "000000"}, {"code": None}, {"code": 123456}, {"credential": {}}]
@@ -20,14 +22,23 @@ WRONG_PROOFS = [{}, {"code": ""}, {"code": "000000"}, {"code": None}, {"code": 1
 
 def _context() -> MethodContext:
     return MethodContext(
-        now=utcnow(), sealer=AesGcmSealer("k" * 40), public_url="http://localhost:8000", rp_id="localhost",
+        now=utcnow(),
+        sealer=AesGcmSealer("k" * 40),
+        public_url="http://localhost:8000",
+        rp_id="localhost",
         organization=Organization(name="Acme"),
     )
 
 
 def _user() -> User:
-    return User(organization_id="o", identity_provider_id="p", username="alice", username_key="alice",
-                email="alice@example.com", kind=UserKind.USER.value)
+    return User(
+        organization_id="o",
+        identity_provider_id="p",
+        username="alice",
+        username_key="alice",
+        email="alice@example.com",
+        kind=UserKind.USER.value,
+    )
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.method_type)
@@ -57,13 +68,32 @@ def test_test_method_round_trip():
     assert method.verify(user=user, methods=[started.record], proof=started.client_data, context=context).amr
 
 
+def test_totp_round_trip():
+    # Codes come from Debian's oathtool, at the context's own "now" so that no step boundary can race.
+    method, context, user = TotpMethod(), _context(), _user()
+    started = method.begin_enrollment(user=user, name="Phone", context=context)
+    secret, step = started.client_data["secret"], int(context.now.timestamp()) // PERIOD
+    code = code_at_step(secret, step)
+    enrolled = method.complete_enrollment(user=user, record=started.record, proof={"code": code}, context=context)
+    assert (enrolled.method_id, enrolled.counter, enrolled.amr) == (started.record.id, step, ("otp",))
+    started.record.counter = enrolled.counter  # what the service stores on success
+    next_code = code_at_step(secret, step + 1)
+    verified = method.verify(user=user, methods=[started.record], proof={"code": next_code}, context=context)
+    assert (verified.method_id, verified.counter, verified.amr) == (started.record.id, step + 1, ("otp",))
+
+
 def test_registry_refuses_unknown_types_and_duplicates():
-    assert default_registry().method_types == []
+    registry = default_registry()
+    assert registry.method_types == ["totp"]
+    assert isinstance(registry.method("totp"), TotpMethod)
+    assert [m.method_type for m in registry.for_verification_type("totp")] == ["totp"]
     with pytest.raises(ValidationFailed):
-        default_registry().method("totp")
+        registry.method("sms")
     with pytest.raises(ValidationFailed):
-        default_registry().for_verification_type("totp")
+        registry.for_verification_type("sms")
+    with pytest.raises(ValidationFailed):
+        registry.method(KnownCodeMethod.method_type)  # the test method never ships
     with pytest.raises(ValueError):
         MethodRegistry([KnownCodeMethod(), KnownCodeMethod()])
-
-
+    with pytest.raises(ValueError):
+        MethodRegistry([TotpMethod(), TotpMethod()])

@@ -16,6 +16,7 @@ from twofold.services.context import RequestContext
 from twofold.services.crypto import AesGcmSealer, TokenMac
 from twofold.services.login import LoginService
 from twofold.services.maintenance import MaintenanceService
+from twofold.services.methods import MethodService
 from twofold.services.notifications import LogNotifier, SmtpNotifier
 from twofold.services.passwords import Passwords
 from twofold.services.sessions import SessionService
@@ -40,6 +41,7 @@ class Twofold:
     accounts: AccountService
     admin: AdminService
     step_up: StepUpService
+    methods: MethodService
     maintenance: MaintenanceService
 
     def close(self) -> None:
@@ -83,12 +85,14 @@ def build(settings: Settings | None = None, *, registry: MethodRegistry | None =
         sessions=sessions,
         registry=registry,
         method_context=method_context,
+        notifier=notifier,
     )
     accounts = AccountService(
         settings=settings, uow=uow, passwords=passwords, sessions=sessions, throttle=throttle, notifier=notifier
     )
     admin = AdminService(settings=settings, uow=uow, sessions=sessions, throttle=throttle)
     step_up = StepUpService(uow=uow, registry=registry, sessions=sessions, throttle=throttle, login=login)
+    methods = MethodService(uow=uow, registry=registry, sessions=sessions, login=login, notifier=notifier)
     maintenance = MaintenanceService(settings=settings, uow=uow, sealer=sealer)
     return Twofold(
         settings=settings,
@@ -104,5 +108,6 @@ def build(settings: Settings | None = None, *, registry: MethodRegistry | None =
         accounts=accounts,
         admin=admin,
         step_up=step_up,
+        methods=methods,
         maintenance=maintenance,
     )

@@ -66,7 +66,7 @@ def server_env(database_url: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def product_server(database_url: str) -> Iterator[str]:
-    """`twofold serve` as shipped (its method registry is empty), at http://localhost:PORT on the test database.
+    """`twofold serve` as shipped (the product's method registry), at http://localhost:PORT on the test database.
     Servers are stateless, so one per module and backend serves every test; each test fills the tables itself."""
     with running_server(server_env(database_url)) as base_url:
         yield base_url

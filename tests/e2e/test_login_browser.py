@@ -61,9 +61,9 @@ def test_password_step_in_chromium_leads_to_the_next_step_page(browser, product_
     sign_in_with_password(page, admin.user.username, admin.password)
     expect(page.get_by_role("heading", name="Manage Your Verification Methods")).to_be_visible()
     expect(page).to_have_url(f"{product_server}/login/enroll")
-    # The shipped registry is empty until the method issues land: the page says so instead of offering "Add".
-    expect(page.get_by_role("alert")).to_contain_text("No verification method can be registered")
-    expect(page.get_by_role("button", name="Add")).to_have_count(0)
+    # The shipped registry offers the authenticator app; nothing is enrolled until its code is proven.
+    expect(page.get_by_role("button", name="Add Authenticator app")).to_be_visible()
+    expect(page.get_by_role("alert")).to_have_count(0)
 
     cookies = cookies_of(browser_context)
     login_cookie = cookies[LOGIN_COOKIE]

@@ -146,6 +146,9 @@ class VerificationMethodRecord:
     expires_at: datetime | None = None
     login_transaction_id: str | None = None
     last_used_at: datetime | None = None
+    # The last counter a proof of this method was accepted at (a TOTP time step, a WebAuthn signature
+    # count). It only moves forward, by a conditional UPDATE, which is what makes a proof single-use.
+    counter: int | None = None
     id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=utcnow)
 
@@ -196,6 +199,17 @@ class OneTimeToken:
     token_hash: str
     purpose: str
     expires_at: datetime
+    used_at: datetime | None = None
+    id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(eq=False)
+class RecoveryCode:
+    """One of a user's one-time recovery codes (R8); only its hash is stored."""
+
+    user_id: str
+    code_hash: str
     used_at: datetime | None = None
     id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=utcnow)

@@ -83,6 +83,12 @@ class VerificationError(TwofoldError):
     code, status, title = "invalid_code", 400, "Verification failed"
 
 
+class CodeAlreadyUsed(VerificationError):
+    """A one-time code that was right but has been accepted before (RFC 6238 §5.2: accept once)."""
+
+    title = "this code was already used; wait for the next one"
+
+
 class ProofPending(TwofoldError):
     """The proof is not there yet (a push not answered, a device not paired): ask again later."""
 

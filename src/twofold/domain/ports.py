@@ -79,6 +79,25 @@ class MethodRepository(Protocol):
     def by_lookup_key(self, lookup_key: str) -> VerificationMethodRecord | None: ...
     def delete(self, record: VerificationMethodRecord) -> None: ...
     def all_sealed(self) -> Sequence[VerificationMethodRecord]: ...
+    def advance_counter(self, method_id: str, counter: int) -> bool:
+        """Set an active method's counter to ``counter`` if it is below it (or unset), atomically.
+        False means a proof at this counter or a later one was already accepted: a replay."""
+        ...
+
+    def activate(self, method_id: str, *, counter: int | None, now: datetime) -> bool:
+        """Turn a pending method active, once: False when it is no longer pending (a parallel completion)."""
+        ...
+
+
+class RecoveryCodeRepository(Protocol):
+    def replace_for_user(self, user_id: str, code_hashes: Sequence[str]) -> None: ...
+    def count_unused(self, user_id: str) -> int: ...
+    def has_set(self, user_id: str) -> bool: ...
+    def consume(self, user_id: str, code_hash: str, *, now: datetime) -> bool:
+        """Mark an unused code of this user used, atomically; False when no such unused code exists."""
+        ...
+
+    def delete_for_user(self, user_id: str) -> int: ...
 
 
 class TransactionRepository(Protocol):
@@ -153,6 +172,7 @@ class UnitOfWork(Protocol):
     permissions: PermissionRepository
     exemptions: ExemptionRepository
     methods: MethodRepository
+    recovery_codes: RecoveryCodeRepository
     transactions: TransactionRepository
     sessions: SessionRepository
     tokens: OneTimeTokenRepository

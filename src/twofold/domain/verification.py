@@ -40,10 +40,16 @@ class EnrollmentStart:
 
 @dataclass(frozen=True)
 class VerificationResult:
-    """A proof held. ``amr`` lists the RFC 8176 values this factor contributes (e.g. ["otp"])."""
+    """A proof held. ``amr`` lists the RFC 8176 values this factor contributes (e.g. ["otp"]).
+
+    ``counter`` is set by methods whose proofs must be used once (a TOTP time step): the service
+    accepts the proof only if it can move the method's stored counter forward to this value in one
+    conditional UPDATE, so that parallel submissions and other processes cannot both succeed.
+    """
 
     method_id: str
     amr: tuple[str, ...]
+    counter: int | None = None
 
 
 class VerificationMethod(Protocol):

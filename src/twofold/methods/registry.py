@@ -41,4 +41,6 @@ class MethodRegistry:
 
 def default_registry() -> MethodRegistry:
     """The methods this build of Twofold offers."""
-    return MethodRegistry([])
+    from twofold.methods.totp import TotpMethod
+
+    return MethodRegistry([TotpMethod()])

@@ -28,6 +28,7 @@ from twofold.domain.entities import (
     VerificationMethodRecord,
 )
 from twofold.domain.errors import (
+    CodeAlreadyUsed,
     Conflict,
     Forbidden,
     InvalidCode,
@@ -37,9 +38,10 @@ from twofold.domain.errors import (
     TransactionExpired,
     VerificationError,
 )
-from twofold.domain.ports import UnitOfWork, UnitOfWorkFactory
+from twofold.domain.ports import Notifier, UnitOfWork, UnitOfWorkFactory
 from twofold.domain.rules import clean_display_name, exemption_applies, mfa_amr, username_key
 from twofold.domain.verification import MethodContext, VerificationMethod, VerificationResult
+from twofold.methods import recovery_codes
 from twofold.methods.registry import MethodRegistry
 
 from . import audit
@@ -63,10 +65,22 @@ class LoginOutcome:
     recovery_codes_available: bool = False
     enrollable_types: list[str] = field(default_factory=list)
     recovery_codes: list[str] = field(default_factory=list)
+    # Set when a recovery code made this session: how many unused ones the user has left.
+    recovery_codes_remaining: int | None = None
 
     @property
     def amr(self) -> list[str]:
         return list(self.session.session.amr) if self.session else []
+
+
+@dataclass(frozen=True)
+class Proven:
+    """A second factor that held: what it adds to ``amr``, and which method (None for a recovery code)."""
+
+    verification_type: str
+    amr: tuple[str, ...]
+    method_id: str | None = None
+    recovery_codes_remaining: int | None = None
 
 
 @dataclass
@@ -89,8 +103,10 @@ class LoginService:
         sessions: SessionService,
         registry: MethodRegistry,
         method_context: Any,
+        notifier: Notifier,
     ) -> None:
         self.settings = settings
+        self.notifier = notifier
         self.uow = uow
         self.passwords = passwords
         self.throttle = throttle
@@ -195,6 +211,7 @@ class LoginService:
         outcome = LoginOutcome(status=state.value, expires_at=transaction.expires_at, transaction_token=token)
         if methods:
             outcome.methods = methods
+            outcome.recovery_codes_available = uow.recovery_codes.count_unused(user.id) > 0
         else:
             outcome.enrollable_types = self.enrollable_types(uow, user, context)
         return outcome
@@ -308,18 +325,17 @@ class LoginService:
     def verify(
         self, *, transaction_token: str, verification_type: str, proof: Mapping[str, Any], context: RequestContext
     ) -> LoginOutcome:
-        candidates = self.registry.for_verification_type(verification_type)
+        self.check_verification_type(verification_type)
         now = utcnow()
         with self.uow() as uow:
             transaction, user = self._open_transaction(uow, transaction_token, now=now)
             if transaction.state != TransactionState.MFA_REQUIRED.value:
                 raise Forbidden("this login must enroll a verification method first")
             attempts, reservation = self._claim(uow, transaction, user, now=now, context=context)
-            records = list(uow.methods.active_for_user(user.id))
-            organization = uow.organizations.get(user.organization_id)
-            method_context = self.method_context(organization, context)
             try:
-                result = self._verify_with(candidates, user, records, proof, method_context)
+                proven = self.prove(
+                    uow, user, verification_type=verification_type, proof=proof, context=context, now=now
+                )
             except VerificationError as error:
                 raise self._failed(
                     uow,
@@ -333,11 +349,101 @@ class LoginService:
                     step=verification_type,
                 ) from None
             uow.transactions.end(transaction.id, now=now)
-            amr = mfa_amr(result.amr)
-            self._mark_used(uow, result, now=now)
+            amr = mfa_amr(proven.amr)
             issued = self.sessions.issue(uow, user, amr=amr, now=now, context=context)
             self._completed(uow, user, now=now, context=context, amr=amr, details={"method": verification_type})
-            return LoginOutcome(status="authenticated", expires_at=issued.expires_at, session=issued)
+        self.after_proof(user, proven)
+        return LoginOutcome(
+            status="authenticated",
+            expires_at=issued.expires_at,
+            session=issued,
+            recovery_codes_remaining=proven.recovery_codes_remaining,
+        )
+
+    def check_verification_type(self, verification_type: str) -> None:
+        """422 for a ``type`` no registered method (nor the recovery codes) answers to."""
+        if verification_type != recovery_codes.VERIFICATION_TYPE:
+            self.registry.for_verification_type(verification_type)
+
+    def prove(
+        self,
+        uow: UnitOfWork,
+        user: User,
+        *,
+        verification_type: str,
+        proof: Mapping[str, Any],
+        context: RequestContext,
+        now: datetime,
+    ) -> Proven:
+        """Check a second factor of ``user`` (login and step-up alike); raise VerificationError if it fails.
+
+        Single use is settled here, in the database, not in the method: a recovery code is marked used
+        and a TOTP step recorded by conditional UPDATEs, so of N parallel submissions exactly one wins.
+        """
+        if verification_type == recovery_codes.VERIFICATION_TYPE:
+            return self._prove_recovery_code(uow, user, proof=proof, context=context, now=now)
+        candidates = self.registry.for_verification_type(verification_type)
+        records = list(uow.methods.active_for_user(user.id))
+        organization = uow.organizations.get(user.organization_id)
+        method_context = self.method_context(organization, context)
+        result = self._verify_with(candidates, user, records, proof, method_context)
+        if result.counter is not None and not uow.methods.advance_counter(result.method_id, result.counter):
+            raise CodeAlreadyUsed()
+        self._mark_used(uow, result, now=now)
+        return Proven(verification_type=verification_type, amr=result.amr, method_id=result.method_id)
+
+    def _prove_recovery_code(
+        self, uow: UnitOfWork, user: User, *, proof: Mapping[str, Any], context: RequestContext, now: datetime
+    ) -> Proven:
+        normalized = recovery_codes.normalize(proof.get("code"))  # type: ignore[arg-type]
+        if normalized is None or not uow.recovery_codes.consume(user.id, recovery_codes.hash_code(normalized), now=now):
+            raise VerificationError("the recovery code does not match or was already used")
+        remaining = uow.recovery_codes.count_unused(user.id)
+        audit.record(
+            uow,
+            "recovery_code.used",
+            organization_id=user.organization_id,
+            subject_id=user.id,
+            actor_id=user.id,
+            ip=context.ip,
+            details={"remaining": remaining},
+        )
+        return Proven(
+            verification_type=recovery_codes.VERIFICATION_TYPE,
+            amr=recovery_codes.AMR,
+            recovery_codes_remaining=remaining,
+        )
+
+    def after_proof(self, user: User, proven: Proven) -> None:
+        """Notices sent once the transaction that used the proof has committed."""
+        if proven.recovery_codes_remaining is not None and user.email:
+            remaining = proven.recovery_codes_remaining
+            self.notifier.notify(
+                to=user.email,
+                subject="A recovery code was used to sign in to Twofold",
+                body=(
+                    f"Hello {user.display_name or user.username},\n\n"
+                    f"a recovery code was just used to sign in to your account. {remaining} unused "
+                    f"recovery code{'s' if remaining != 1 else ''} remain.\n\n"
+                    "If this was you, consider registering a new verification method and generating new "
+                    "recovery codes. If it was not you, change your password and contact your administrator.\n"
+                ),
+            )
+
+    def issue_recovery_codes(self, uow: UnitOfWork, user: User, *, context: RequestContext) -> list[str]:
+        """A fresh set of recovery codes for ``user``, replacing any earlier set; shown once."""
+        codes = recovery_codes.generate_codes()
+        uow.recovery_codes.replace_for_user(user.id, [recovery_codes.hash_code(code) for code in codes])
+        audit.record(
+            uow,
+            "recovery_codes.generated",
+            organization_id=user.organization_id,
+            subject_id=user.id,
+            actor_id=user.id,
+            ip=context.ip,
+            details={"count": len(codes)},
+        )
+        return codes
 
     @staticmethod
     def _verify_with(
@@ -441,10 +547,8 @@ class LoginService:
                 )
                 uow.commit()
                 raise VerificationError(error.detail, attempts_left=attempts_left) from None
-            record.status = MethodStatus.ACTIVE.value
-            record.expires_at = None
-            record.login_transaction_id = None
-            record.last_used_at = now
+            if not uow.methods.activate(record.id, counter=result.counter, now=now):
+                raise NotFound("no such enrollment in this login")
             uow.transactions.end_all_for_user(user.id, now=now)
             amr = mfa_amr(result.amr)
             issued = self.sessions.issue(uow, user, amr=amr, now=now, context=context)
@@ -457,8 +561,20 @@ class LoginService:
                 ip=context.ip,
                 details={"method_id": record.id, "method_type": record.type, "during_login": True},
             )
+            codes = self.issue_recovery_codes(uow, user, context=context)
             self._completed(uow, user, now=now, context=context, amr=amr, details={"enrolled": record.type})
-            return LoginOutcome(status="authenticated", expires_at=issued.expires_at, session=issued)
+            return LoginOutcome(
+                status="authenticated", expires_at=issued.expires_at, session=issued, recovery_codes=codes
+            )
+
+    def pending_enrollment(self, transaction_token: str, enrollment_id: str) -> VerificationMethodRecord | None:
+        """A pending enrollment of this login, for the pages to show its form again after a wrong code."""
+        with self.uow(read_only=True) as uow:
+            transaction, user = self._enrollment_transaction(uow, transaction_token, now=utcnow())
+            record = uow.methods.get(enrollment_id)
+            if record is None or record.user_id != user.id or record.login_transaction_id != transaction.id:
+                return None
+            return record if record.status == MethodStatus.PENDING.value else None
 
     def _claim_enrollment(self, uow: UnitOfWork, transaction: LoginTransaction, *, now: datetime) -> tuple[int, None]:
         attempts = uow.transactions.claim_attempt(

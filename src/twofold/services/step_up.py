@@ -37,24 +37,23 @@ class StepUpService:
     def step_up(
         self, principal: Principal, *, verification_type: str, proof: Mapping[str, Any], context: RequestContext
     ) -> datetime:
-        candidates = self.registry.for_verification_type(verification_type)
+        self.login.check_verification_type(verification_type)
         self.sessions.require_mfa_session(principal)
         assert principal.session is not None
         now = utcnow()
         with self.uow() as uow:
             user = uow.users.get(principal.user.id)
             assert user is not None
-            records = list(uow.methods.active_for_user(user.id))
-            if not records:
+            if user.is_federated or uow.methods.count_active(user.id) == 0:
                 raise Forbidden("this account has no verification method to step up with")
             if user.locked_at is not None:
                 self.login._refuse_locked(uow, user, now=now, context=context)
             reservation = self.throttle.reserve_mfa_attempt(uow, user.id, now=now)
             uow.commit()
-            organization = uow.organizations.get(user.organization_id)
-            method_context = self.login.method_context(organization, context)
             try:
-                result = self.login._verify_with(candidates, user, records, proof, method_context)
+                proven = self.login.prove(
+                    uow, user, verification_type=verification_type, proof=proof, context=context, now=now
+                )
             except VerificationError as error:
                 audit.record(
                     uow,
@@ -63,14 +62,13 @@ class StepUpService:
                     actor_id=user.id,
                     subject_id=user.id,
                     ip=context.ip,
-                    details={"type": verification_type},
+                    details={"type": verification_type, "reason": error.detail[:200]},
                 )
                 if self.throttle.mfa_lock_reached(reservation):
                     self.login.lock_account(uow, user, now=now, context=context)
                     self.sessions.end_all(uow, user.id, now=now)
                 uow.commit()
                 raise VerificationError(error.detail) from None
-            self.login._mark_used(uow, result, now=now)
             self.throttle.reset_after_authentication(uow, user_id=user.id, username_key=user.username_key)
             until = self.sessions.renew_step_up(uow, principal.session, now=now)
             audit.record(
@@ -82,4 +80,5 @@ class StepUpService:
                 ip=context.ip,
                 details={"type": verification_type},
             )
-            return until
+        self.login.after_proof(user, proven)
+        return until

@@ -182,6 +182,66 @@ class MethodRepository(_Repository):
         c = t.verification_methods.c
         return self.s.scalars(select(e.VerificationMethodRecord).where(c.payload_encrypted.is_not(None))).all()
 
+    def _update_one(self, *where: Any, **values: Any) -> bool:
+        # An ORM-enabled UPDATE, so that records already loaded in this session see the new values.
+        result: Any = self.s.execute(
+            update(e.VerificationMethodRecord)
+            .where(*where)
+            .values(**values)
+            .execution_options(synchronize_session="fetch")
+        )
+        return int(result.rowcount or 0) == 1
+
+    def advance_counter(self, method_id: str, counter: int) -> bool:
+        c = t.verification_methods.c
+        return self._update_one(
+            c.id == method_id,
+            c.status == e.MethodStatus.ACTIVE.value,
+            or_(c.counter.is_(None), c.counter < counter),
+            counter=counter,
+        )
+
+    def activate(self, method_id: str, *, counter: int | None, now: datetime) -> bool:
+        c = t.verification_methods.c
+        return self._update_one(
+            c.id == method_id,
+            c.status == e.MethodStatus.PENDING.value,
+            status=e.MethodStatus.ACTIVE.value,
+            counter=counter,
+            expires_at=None,
+            login_transaction_id=None,
+            last_used_at=now,
+        )
+
+
+class RecoveryCodeRepository(_Repository):
+    def replace_for_user(self, user_id: str, code_hashes: Sequence[str]) -> None:
+        self.delete_for_user(user_id)
+        for code_hash in code_hashes:
+            self.s.add(e.RecoveryCode(user_id=user_id, code_hash=code_hash))
+
+    def count_unused(self, user_id: str) -> int:
+        c = t.recovery_codes.c
+        return int(self.s.scalar(select(func.count()).where(c.user_id == user_id, c.used_at.is_(None))) or 0)
+
+    def has_set(self, user_id: str) -> bool:
+        c = t.recovery_codes.c
+        return self.s.scalar(select(c.id).where(c.user_id == user_id).limit(1)) is not None
+
+    def consume(self, user_id: str, code_hash: str, *, now: datetime) -> bool:
+        c = t.recovery_codes.c
+        result: Any = self.s.execute(
+            update(t.recovery_codes)
+            .where(c.user_id == user_id, c.code_hash == code_hash, c.used_at.is_(None))
+            .values(used_at=now)
+        )
+        return int(result.rowcount or 0) == 1
+
+    def delete_for_user(self, user_id: str) -> int:
+        self.s.flush()
+        result: Any = self.s.execute(delete(t.recovery_codes).where(t.recovery_codes.c.user_id == user_id))
+        return int(result.rowcount or 0)
+
 
 class TransactionRepository(_Repository):
     def add(self, transaction: e.LoginTransaction) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     DateTime,
     ForeignKey,
@@ -146,7 +147,19 @@ verification_methods = Table(
     Column("expires_at", UTCDateTime, nullable=True),
     Column("login_transaction_id", ID, nullable=True),
     Column("last_used_at", UTCDateTime, nullable=True),
+    Column("counter", BigInteger, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+)
+
+recovery_codes = Table(
+    "recovery_codes",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("code_hash", String(64), nullable=False),
+    Column("used_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("user_id", "code_hash", name="uq_recovery_codes_user_id_code_hash"),
 )
 
 login_transactions = Table(
@@ -233,6 +246,7 @@ def map_entities() -> None:
     mapper_registry.map_imperatively(e.Permission, permissions)
     mapper_registry.map_imperatively(e.Exemption, exemptions)
     mapper_registry.map_imperatively(e.VerificationMethodRecord, verification_methods)
+    mapper_registry.map_imperatively(e.RecoveryCode, recovery_codes)
     mapper_registry.map_imperatively(e.LoginTransaction, login_transactions)
     mapper_registry.map_imperatively(e.Session, sessions)
     mapper_registry.map_imperatively(e.OneTimeToken, one_time_tokens)

@@ -31,6 +31,7 @@ class SqlUnitOfWork:
         self.permissions = r.PermissionRepository(session)
         self.exemptions = r.ExemptionRepository(session)
         self.methods = r.MethodRepository(session)
+        self.recovery_codes = r.RecoveryCodeRepository(session)
         self.transactions = r.TransactionRepository(session)
         self.sessions = r.SessionRepository(session)
         self.tokens = r.OneTimeTokenRepository(session)

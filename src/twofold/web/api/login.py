@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from twofold.domain.entities import TokenPurpose
 from twofold.domain.errors import ProofPending
-from twofold.services.login import LoginOutcome
+from twofold.services.login import EnrollmentStarted, LoginOutcome
 
 from ..deps import App, Context, CurrentPrincipal
 from .schemas import (
@@ -38,6 +38,9 @@ def outcome_body(twofold: Any, outcome: LoginOutcome) -> dict[str, Any]:
             "expires_at": ts(outcome.expires_at),
             "amr": outcome.amr,
         }
+        if outcome.recovery_codes_remaining is not None:
+            # A recovery code made this session: tell the client how many are left.
+            body["recovery_codes_remaining"] = outcome.recovery_codes_remaining
         return body
     body = {"status": outcome.status, "transaction": outcome.transaction_token, "expires_at": ts(outcome.expires_at)}
     if outcome.status == "mfa_required":
@@ -46,6 +49,17 @@ def outcome_body(twofold: Any, outcome: LoginOutcome) -> dict[str, Any]:
     else:
         body["enrollable_types"] = outcome.enrollable_types
     return body
+
+
+def enrollment_body(started: EnrollmentStarted) -> dict[str, Any]:
+    """An enrollment start (API.md): the same shape from the login and from the profile."""
+    return {
+        "enrollment_id": started.enrollment_id,
+        "type": started.type,
+        "name": started.name,
+        "expires_at": ts(started.expires_at),
+        **started.client_data,
+    }
 
 
 @router.post("/login", summary="Password step: starts a login transaction")
@@ -70,16 +84,7 @@ def enroll(body: EnrollBody, twofold: App, context: Context) -> JSONResponse:
     started = twofold.login.begin_enrollment(
         transaction_token=body.transaction, method_type=body.type, name=body.name, context=context
     )
-    return JSONResponse(
-        {
-            "enrollment_id": started.enrollment_id,
-            "type": started.type,
-            "name": started.name,
-            "expires_at": ts(started.expires_at),
-            **started.client_data,
-        },
-        headers=_NO_STORE,
-    )
+    return JSONResponse(enrollment_body(started), headers=_NO_STORE)
 
 
 @router.post("/login/enroll/complete", summary="Prove the new method; the login is then authenticated")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
 
 from ..deps import App, Context, CurrentPrincipal
-from .schemas import PROBLEM_RESPONSES, PasswordChangeBody, StepUpBody, ts
+from .login import enrollment_body
+from .schemas import PROBLEM_RESPONSES, MethodCompleteBody, MethodEnrollBody, PasswordChangeBody, StepUpBody, ts
 
 router = APIRouter(prefix="/api/v1/me", tags=["self-service"], responses=PROBLEM_RESPONSES)
 
@@ -52,10 +54,45 @@ def me(principal: CurrentPrincipal, twofold: App) -> dict[str, Any]:
 @router.get("/methods", summary="Active verification methods")
 def methods(principal: CurrentPrincipal, twofold: App) -> list[dict[str, Any]]:
     view = twofold.admin.self_view(principal)
-    return [
-        {"id": m.id, "type": m.type, "name": m.name, "created_at": ts(m.created_at), "last_used_at": ts(m.last_used_at)}
-        for m in view.methods
-    ]
+    return [method_view(m) for m in view.methods]
+
+
+def method_view(method: Any) -> dict[str, Any]:
+    return {
+        "id": method.id,
+        "type": method.type,
+        "name": method.name,
+        "created_at": ts(method.created_at),
+        "last_used_at": ts(method.last_used_at),
+    }
+
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+@router.post("/methods", status_code=201, summary="Start adding a verification method (needs a step-up)")
+def add_method(body: MethodEnrollBody, principal: CurrentPrincipal, twofold: App, context: Context) -> JSONResponse:
+    started = twofold.methods.begin(principal, method_type=body.type, name=body.name, context=context)
+    return JSONResponse(enrollment_body(started), status_code=201, headers=_NO_STORE)
+
+
+@router.post("/methods/{enrollment_id}/complete", summary="Prove the new method; it becomes active")
+def complete_method(
+    enrollment_id: str, body: MethodCompleteBody, principal: CurrentPrincipal, twofold: App, context: Context
+) -> JSONResponse:
+    completed = twofold.methods.complete(
+        principal, enrollment_id=enrollment_id[:64], proof=body.proof(), context=context
+    )
+    result = method_view(completed.method)
+    if completed.recovery_codes:
+        result["recovery_codes"] = completed.recovery_codes
+    return JSONResponse(result, headers=_NO_STORE)
+
+
+@router.post("/recovery-codes", status_code=201, summary="New recovery codes, replacing the earlier ones (step-up)")
+def recovery_codes(principal: CurrentPrincipal, twofold: App, context: Context) -> JSONResponse:
+    codes = twofold.methods.regenerate_recovery_codes(principal, context=context)
+    return JSONResponse({"codes": codes}, status_code=201, headers=_NO_STORE)
 
 
 @router.post("/step-up", summary="A fresh second factor renews step_up_until")

@@ -88,6 +88,24 @@ class EnrollCompleteBody(BaseModel):
         return dict(self.model_extra or {})
 
 
+class MethodEnrollBody(Body):
+    type: Short
+    name: Annotated[str, StringConstraints(max_length=256)] = ""
+
+
+class MethodCompleteBody(BaseModel):
+    # The proof's fields belong to the method (totp {code}, webauthn {credential}, push {}).
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _proof_is_encodable(self) -> MethodCompleteBody:
+        _encodable(self.model_extra or {})
+        return self
+
+    def proof(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class SetupBody(Body):
     token: Token
     password: Password

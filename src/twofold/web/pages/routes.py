@@ -22,6 +22,7 @@ from twofold.container import Twofold
 from twofold.domain.clock import as_utc, utcnow
 from twofold.domain.entities import TokenPurpose
 from twofold.domain.errors import (
+    CodeAlreadyUsed,
     Forbidden,
     ProofPending,
     RateLimited,
@@ -30,7 +31,7 @@ from twofold.domain.errors import (
     Unauthenticated,
 )
 from twofold.services.context import Principal
-from twofold.services.login import LoginOutcome
+from twofold.services.login import EnrollmentStarted, LoginOutcome
 
 from ..deps import CSRF_COOKIE, LOGIN_COOKIE, SESSION_COOKIE, api_csrf_token, origin_allowed, request_context
 
@@ -150,7 +151,19 @@ def home(request: Request) -> Response:
         return RedirectResponse("/login", status_code=303)
     twofold = _twofold(request)
     view = twofold.admin.self_view(principal)
-    return _render(request, "home.html", {"view": view, "is_admin": view.is_admin}, principal=principal)
+    remaining = twofold.methods.recovery_codes_remaining(principal.user.id)
+    notice = None
+    if request.query_params.get("signed_in_with") == "recovery_code":
+        notice = (
+            f"You signed in with a recovery code. You have {remaining} unused recovery "
+            f"code{'s' if remaining != 1 else ''} left."
+        )
+    return _render(
+        request,
+        "home.html",
+        {"view": view, "is_admin": view.is_admin, "notice": notice, "recovery_codes_remaining": remaining},
+        principal=principal,
+    )
 
 
 @router.post("/logout")
@@ -247,6 +260,7 @@ def _transaction_or_restart(request: Request) -> tuple[str, Any] | Response:
 def _verify_context(request: Request, view: Any, *, method: str | None) -> dict[str, Any]:
     transaction, user, methods = view
     twofold = _twofold(request)
+    recovery_codes_left = twofold.methods.recovery_codes_remaining(user.id)
     registered = {m.type for m in methods}
     known = {m.method_type: m for m in twofold.registry}
     return {
@@ -256,6 +270,7 @@ def _verify_context(request: Request, view: Any, *, method: str | None) -> dict[
         "display_names": {t: known[t].display_name for t in registered if t in known},
         "chosen": method,
         "expires_at": transaction.expires_at,
+        "recovery_codes_available": recovery_codes_left > 0,
     }
 
 
@@ -304,7 +319,11 @@ async def verify_submit(request: Request) -> Response:
         attempts_left = error.extra.get("attempts_left")
         message = _problem_message(error)
         if error.code == "invalid_code":
-            message = "That code did not work."
+            message = (
+                "That code was already used. Wait for the next code."
+                if error.detail == CodeAlreadyUsed.title
+                else "That code did not work."
+            )
             if attempts_left is not None:
                 message += f" {attempts_left} attempt{'s' if attempts_left != 1 else ''} left."
         if attempts_left == 0 or isinstance(error, RateLimited):
@@ -314,6 +333,8 @@ async def verify_submit(request: Request) -> Response:
         context = _verify_context(request, view, method=verification_type)
         context["error"] = message
         return _render(request, "verify.html", context, status=error.status)
+    if outcome.recovery_codes_remaining is not None:
+        return _signed_in(request, outcome, "/?signed_in_with=recovery_code")
     return _signed_in(request, outcome)
 
 
@@ -370,13 +391,40 @@ async def enroll_add(request: Request) -> Response:
             {"title": "Cannot add this method", "message": error.detail, "back": "/login/enroll"},
             status=error.status,
         )
-    # Each method package may bring its own enrollment template; others get the generic code form.
+    return _enrollment_page(
+        request, started, username=view[1].username, complete_action="/login/enroll/complete", back="/login/enroll"
+    )
+
+
+def _enrollment_page(
+    request: Request,
+    started: EnrollmentStarted,
+    *,
+    username: str,
+    complete_action: str,
+    back: str,
+    error: str | None = None,
+) -> HTMLResponse:
+    """The second phase of an enrollment: each method may bring its own template, others get the
+    generic code form."""
     template = f"enroll_{started.type}.html"
     if not (_HERE / "templates" / template).exists():
         template = "enroll_generic.html"
-    display_name = twofold.registry.method(started.type).display_name
-    return _render(request, template, {"enrollment": started, "display_name": display_name,
-                                       "username": view[1].username})
+    secret = str(started.client_data.get("secret", ""))
+    return _render(
+        request,
+        template,
+        {
+            "enrollment": started,
+            "display_name": _twofold(request).registry.method(started.type).display_name,
+            "username": username,
+            # The secret in groups of four, as the apps' manual-entry screens show keys.
+            "secret_groups": [secret[i : i + 4] for i in range(0, len(secret), 4)],
+            "complete_action": complete_action,
+            "back": back,
+            "error": error,
+        },
+    )
 
 
 @router.post("/login/enroll/complete", response_class=HTMLResponse)
@@ -400,19 +448,44 @@ async def enroll_complete(request: Request) -> Response:
     except ProofPending:
         return RedirectResponse("/login/enroll", status_code=303)
     except TwofoldError as error:
+        attempts_left = error.extra.get("attempts_left")
+        pending = None
+        if error.code == "invalid_code" and attempts_left:
+            pending = _twofold(request).login.pending_enrollment(token, form.get("enrollment_id", "")[:64])
+        if pending is not None:
+            # The app already holds the secret: ask for another code on the same enrollment, not a new scan.
+            retry = EnrollmentStarted(
+                pending.id, pending.type, pending.name, as_utc(pending.expires_at or utcnow()), {}
+            )
+            response = _enrollment_page(
+                request,
+                retry,
+                username=_view[1].username,
+                complete_action="/login/enroll/complete",
+                back="/login/enroll",
+                error=f"That code did not work. {attempts_left} attempt{'s' if attempts_left != 1 else ''} left. "
+                "Check that the time on your device is right, then enter the new code your app shows.",
+            )
+            response.status_code = error.status
+            return response
         return _render(
             request,
             "message.html",
             {"title": "The method was not added", "message": error.detail, "back": "/login/enroll"},
             status=error.status,
         )
-    response = _render(request, "enrolled.html", {"recovery_codes": outcome.recovery_codes})
+    response = _render(request, "enrolled.html", _recovery_codes_context(outcome.recovery_codes))
     assert outcome.session is not None
     _set_cookie(
         response, SESSION_COOKIE, outcome.session.token, max_age=_seconds_until(outcome.session.session.expires_at)
     )
     _clear_cookie(response, LOGIN_COOKIE)
     return response
+
+
+def _recovery_codes_context(codes: list[str], *, added: str | None = None) -> dict[str, Any]:
+    text = "Twofold recovery codes. Each signs you in once, in place of a verification code.\n\n"
+    return {"recovery_codes": codes, "recovery_codes_text": text + "\n".join(codes) + "\n", "added": added}
 
 
 # -- set-up and password-reset links -------------------------------------------------------------

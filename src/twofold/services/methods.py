@@ -1,0 +1,165 @@
+"""Self-service enrollment of verification methods and recovery codes, from a full session (R6).
+
+Adding a method needs a step-up within the last 10 minutes; exempt and SSO sessions may not add
+methods (API.md "Self-service"). Enrollment is two-phase: ``begin`` stores a pending method that
+expires, ``complete`` activates it once its proof holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twofold.domain.clock import as_utc, utcnow
+from twofold.domain.entities import MethodStatus, User, VerificationMethodRecord
+from twofold.domain.errors import Forbidden, NotFound, VerificationError
+from twofold.domain.ports import Notifier, UnitOfWorkFactory
+from twofold.domain.rules import clean_display_name
+from twofold.methods.registry import MethodRegistry
+
+from . import audit
+from .context import Principal, RequestContext
+from .login import ENROLLMENT_LIFETIME, EnrollmentStarted, LoginService
+from .sessions import SessionService
+
+
+@dataclass
+class EnrollmentCompleted:
+    method: VerificationMethodRecord
+    # Only when this was the user's first set: recovery codes are handed out with the first method.
+    recovery_codes: list[str] = field(default_factory=list)
+
+
+class MethodService:
+    def __init__(
+        self,
+        *,
+        uow: UnitOfWorkFactory,
+        registry: MethodRegistry,
+        sessions: SessionService,
+        login: LoginService,
+        notifier: Notifier,
+    ) -> None:
+        self.uow = uow
+        self.registry = registry
+        self.sessions = sessions
+        self.login = login
+        self.notifier = notifier
+
+    def _require_own_methods(self, principal: Principal) -> None:
+        """Exempt sessions (no MFA) and SSO users (MFA at their provider) have no local methods to manage."""
+        self.sessions.require_mfa_session(principal)
+        if principal.user.is_federated:
+            raise Forbidden("single sign-on accounts verify at their identity provider")
+
+    def begin(self, principal: Principal, *, method_type: str, name: str, context: RequestContext) -> EnrollmentStarted:
+        method = self.registry.method(method_type)
+        self._require_own_methods(principal)
+        self.sessions.require_step_up(principal)
+        now = utcnow()
+        with self.uow() as uow:
+            user = uow.users.get(principal.user.id)
+            assert user is not None
+            organization = uow.organizations.get(user.organization_id)
+            method_context = self.login.method_context(organization, context)
+            if not method.available(method_context):
+                raise Forbidden(f"{method.display_name} is not offered by this server")
+            clean_name = clean_display_name(name or method.display_name)
+            started = method.begin_enrollment(user=user, name=clean_name, context=method_context)
+            record = started.record
+            record.status = MethodStatus.PENDING.value
+            record.expires_at = now + ENROLLMENT_LIFETIME
+            uow.methods.add(record)
+            audit.record(
+                uow,
+                "enrollment.started",
+                organization_id=user.organization_id,
+                subject_id=user.id,
+                actor_id=user.id,
+                ip=context.ip,
+                details={"method_type": method_type, "during_login": False},
+            )
+            return EnrollmentStarted(record.id, method_type, record.name, record.expires_at, started.client_data)
+
+    def complete(
+        self, principal: Principal, *, enrollment_id: str, proof: Mapping[str, Any], context: RequestContext
+    ) -> EnrollmentCompleted:
+        self._require_own_methods(principal)
+        now = utcnow()
+        with self.uow() as uow:
+            user = uow.users.get(principal.user.id)
+            assert user is not None
+            record = uow.methods.get(enrollment_id) if isinstance(enrollment_id, str) else None
+            if (
+                record is None
+                or record.user_id != user.id
+                or record.status != MethodStatus.PENDING.value
+                or record.login_transaction_id is not None
+                or (record.expires_at is not None and as_utc(record.expires_at) <= now)
+            ):
+                raise NotFound("no such enrollment; start again")
+            method = self.registry.method(record.type)
+            organization = uow.organizations.get(user.organization_id)
+            method_context = self.login.method_context(organization, context)
+            try:
+                result = method.complete_enrollment(user=user, record=record, proof=proof, context=method_context)
+            except VerificationError as error:
+                audit.record(
+                    uow,
+                    "enrollment.failed",
+                    organization_id=user.organization_id,
+                    subject_id=user.id,
+                    actor_id=user.id,
+                    ip=context.ip,
+                    details={"method_type": record.type, "during_login": False},
+                )
+                uow.commit()
+                raise VerificationError(error.detail) from None
+            if not uow.methods.activate(record.id, counter=result.counter, now=now):
+                raise NotFound("no such enrollment; start again")
+            audit.record(
+                uow,
+                "method.enrolled",
+                organization_id=user.organization_id,
+                subject_id=user.id,
+                actor_id=user.id,
+                ip=context.ip,
+                details={"method_id": record.id, "method_type": record.type, "during_login": False},
+            )
+            codes = (
+                []
+                if uow.recovery_codes.has_set(user.id)
+                else self.login.issue_recovery_codes(uow, user, context=context)
+            )
+            completed = EnrollmentCompleted(method=record, recovery_codes=codes)
+        self._tell(user, f"A verification method was added to your account: {record.name}.")
+        return completed
+
+    def regenerate_recovery_codes(self, principal: Principal, *, context: RequestContext) -> list[str]:
+        """A new set of recovery codes; the earlier ones stop working (API.md, needs step-up)."""
+        self._require_own_methods(principal)
+        self.sessions.require_step_up(principal)
+        with self.uow() as uow:
+            user = uow.users.get_for_update(principal.user.id)
+            assert user is not None
+            if uow.methods.count_active(user.id) == 0:
+                raise Forbidden("register a verification method before generating recovery codes")
+            codes = self.login.issue_recovery_codes(uow, user, context=context)
+        self._tell(user, "New recovery codes were generated for your account; the earlier ones no longer work.")
+        return codes
+
+    def recovery_codes_remaining(self, user_id: str) -> int:
+        with self.uow(read_only=True) as uow:
+            return uow.recovery_codes.count_unused(user_id)
+
+    def _tell(self, user: User, what: str) -> None:
+        if user.email:
+            self.notifier.notify(
+                to=user.email,
+                subject="Security notice from Twofold",
+                body=(
+                    f"Hello {user.display_name or user.username},\n\n{what}\n\n"
+                    "If this was not you, change your password and contact your administrator.\n"
+                ),
+            )
