@@ -52,7 +52,7 @@ def build(settings: Settings | None = None, *, registry: MethodRegistry | None =
     settings = settings or load_settings()
     secret_key, old_keys = settings.secret_keys()
     engine = make_engine(settings.database_url, busy_timeout_ms=settings.database_lock_timeout_ms)
-    uow = SqlUnitOfWorkFactory(engine)
+    uow = SqlUnitOfWorkFactory(engine, lock_timeout_ms=settings.database_lock_timeout_ms)
     registry = registry if registry is not None else default_registry()
     passwords = Passwords(
         memory_kib=settings.argon2_memory_kib,

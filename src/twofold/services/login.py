@@ -387,9 +387,10 @@ class LoginService:
         organization = uow.organizations.get(user.organization_id)
         method_context = self.method_context(organization, context)
         result = self._verify_with(candidates, user, records, proof, method_context)
-        if result.counter is not None and not uow.methods.advance_counter(result.method_id, result.counter):
+        if result.counter is None:
+            self._mark_used(uow, result, now=now)
+        elif not uow.methods.advance_counter(result.method_id, result.counter, now=now):
             raise CodeAlreadyUsed()
-        self._mark_used(uow, result, now=now)
         return Proven(verification_type=verification_type, amr=result.amr, method_id=result.method_id)
 
     def _prove_recovery_code(
@@ -482,16 +483,21 @@ class LoginService:
     def begin_enrollment(
         self, *, transaction_token: str, method_type: str, name: str, context: RequestContext
     ) -> EnrollmentStarted:
+        method = self.registry.method(method_type)
+        with self.uow(read_only=True) as uow:
+            _, user = self._enrollment_transaction(uow, transaction_token, now=utcnow())
+            organization = uow.organizations.get(user.organization_id)
+        method_context = self.method_context(organization, context)
+        if not method.available(method_context):
+            raise Forbidden(f"{method.display_name} is not offered by this server")
+        # Secrets, QR codes and options are made before the write transaction: drawing a QR code takes
+        # tens of milliseconds, and SQLite has one writer at a time.
+        started = method.begin_enrollment(
+            user=user, name=clean_display_name(name or method.display_name), context=method_context
+        )
         now = utcnow()
         with self.uow() as uow:
             transaction, user = self._enrollment_transaction(uow, transaction_token, now=now)
-            method = self.registry.method(method_type)
-            organization = uow.organizations.get(user.organization_id)
-            method_context = self.method_context(organization, context)
-            if not method.available(method_context):
-                raise Forbidden(f"{method.display_name} is not offered by this server")
-            clean_name = clean_display_name(name or method.display_name)
-            started = method.begin_enrollment(user=user, name=clean_name, context=method_context)
             record = started.record
             record.status = MethodStatus.PENDING.value
             record.expires_at = min(now + ENROLLMENT_LIFETIME, as_utc(transaction.expires_at))

@@ -57,16 +57,19 @@ class MethodService:
         method = self.registry.method(method_type)
         self._require_own_methods(principal)
         self.sessions.require_step_up(principal)
-        now = utcnow()
-        with self.uow() as uow:
+        with self.uow(read_only=True) as uow:
             user = uow.users.get(principal.user.id)
             assert user is not None
             organization = uow.organizations.get(user.organization_id)
-            method_context = self.login.method_context(organization, context)
-            if not method.available(method_context):
-                raise Forbidden(f"{method.display_name} is not offered by this server")
-            clean_name = clean_display_name(name or method.display_name)
-            started = method.begin_enrollment(user=user, name=clean_name, context=method_context)
+        method_context = self.login.method_context(organization, context)
+        if not method.available(method_context):
+            raise Forbidden(f"{method.display_name} is not offered by this server")
+        # Prepared outside the write transaction (a QR code takes tens of milliseconds to draw).
+        started = method.begin_enrollment(
+            user=user, name=clean_display_name(name or method.display_name), context=method_context
+        )
+        now = utcnow()
+        with self.uow() as uow:
             record = started.record
             record.status = MethodStatus.PENDING.value
             record.expires_at = now + ENROLLMENT_LIFETIME

@@ -192,14 +192,20 @@ class MethodRepository(_Repository):
         )
         return int(result.rowcount or 0) == 1
 
-    def advance_counter(self, method_id: str, counter: int) -> bool:
+    def advance_counter(self, method_id: str, counter: int, *, now: datetime) -> bool:
+        # A Core UPDATE: the hot path of every TOTP verification, so no ORM synchronization; a record
+        # already loaded in this session keeps its old counter, which nothing reads after a success.
         c = t.verification_methods.c
-        return self._update_one(
-            c.id == method_id,
-            c.status == e.MethodStatus.ACTIVE.value,
-            or_(c.counter.is_(None), c.counter < counter),
-            counter=counter,
+        result: Any = self.s.execute(
+            update(t.verification_methods)
+            .where(
+                c.id == method_id,
+                c.status == e.MethodStatus.ACTIVE.value,
+                or_(c.counter.is_(None), c.counter < counter),
+            )
+            .values(counter=counter, last_used_at=now)
         )
+        return int(result.rowcount or 0) == 1
 
     def activate(self, method_id: str, *, counter: int | None, now: datetime) -> bool:
         c = t.verification_methods.c

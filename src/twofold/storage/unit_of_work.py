@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from sqlalchemy import Engine
@@ -9,18 +10,44 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
-from twofold.domain.errors import Conflict
+from twofold.domain.errors import Conflict, Unavailable
 
 from . import repositories as r
 from .tables import map_entities
 
 
 class SqlUnitOfWork:
-    def __init__(self, factory: sessionmaker[OrmSession], *, read_only: bool) -> None:
+    def __init__(
+        self,
+        factory: sessionmaker[OrmSession],
+        *,
+        read_only: bool,
+        write_lock: threading.RLock | None = None,
+        lock_timeout: float = 5.0,
+    ) -> None:
         self._factory = factory
         self._read_only = read_only
+        self._write_lock = None if read_only else write_lock
+        self._lock_timeout = lock_timeout
 
     def __enter__(self) -> SqlUnitOfWork:
+        # SQLite has one writer at a time, and its busy handler lets waiting writers sleep ever longer
+        # (up to 100 ms a try) while newcomers take the lock ahead of them: a few requests wait seconds.
+        # Writers of one process queue on a lock of their own instead, so the wait is short and fair;
+        # the busy timeout is left to settle the rare contention between processes.
+        if self._write_lock is not None and not self._write_lock.acquire(timeout=self._lock_timeout):
+            raise Unavailable("the database is busy; try again")
+        try:
+            return self._open()
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._write_lock is not None:
+            self._write_lock.release()
+
+    def _open(self) -> SqlUnitOfWork:
         session = self._factory()
         if self._read_only:
             session.connection(execution_options={"read_only": True})
@@ -48,7 +75,10 @@ class SqlUnitOfWork:
                 self._commit()
             # A read-only unit just closes: what it loaded stays readable (a rollback would expire it).
         finally:
-            self.session.close()
+            try:
+                self.session.close()
+            finally:
+                self._release()
 
     def commit(self) -> None:
         """Commit what is done so far and go on in a new transaction (used to persist a failure count
@@ -73,10 +103,15 @@ class SqlUnitOfWork:
 
 
 class SqlUnitOfWorkFactory:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, lock_timeout_ms: int = 5000) -> None:
         map_entities()
         self.engine = engine
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
+        # Re-entrant, so that a unit of work opened inside another by the same thread never deadlocks here.
+        self._write_lock = threading.RLock() if engine.dialect.name == "sqlite" else None
+        self._lock_timeout = lock_timeout_ms / 1000
 
     def __call__(self, *, read_only: bool = False) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self._sessions, read_only=read_only)
+        return SqlUnitOfWork(
+            self._sessions, read_only=read_only, write_lock=self._write_lock, lock_timeout=self._lock_timeout
+        )

@@ -54,6 +54,8 @@ def problem(
 
 def from_error(error: TwofoldError) -> JSONResponse:
     headers = {"Retry-After": str(error.retry_after)} if isinstance(error, RateLimited) else None
+    if error.status == 503:
+        headers = {"Retry-After": "2"}  # as for a database that stays locked or unreachable
     if error.status == 401 and error.code == "unauthenticated":
         headers = {"WWW-Authenticate": 'Bearer realm="twofold"'}
     return problem(error.status, error.code, error.title, error.detail, headers=headers, **error.extra)
