@@ -9,11 +9,14 @@ import secrets
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from twofold.config import ConfigurationError, Settings, load_settings
 from twofold.domain.errors import TwofoldError
+
+from .serving import APP, reuse_port_supported, serve_with_reuse_port
 
 DEV_CREDENTIALS = Path("var") / "dev-admin.txt"
 
@@ -62,17 +65,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise CommandError("--dev-bootstrap needs TWOFOLD_ENV=dev")
         _dev_bootstrap(settings, args.port)
     print(f"Twofold serving on http://{args.host}:{args.port} (public URL {settings.public_url})", flush=True)
-    uvicorn.run(
-        "twofold.web.app:app_from_environment",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level="info" if settings.dev else "warning",
-        proxy_headers=False,  # X-Forwarded-For is judged by Twofold against TWOFOLD_TRUSTED_PROXIES
-        server_header=False,
-        timeout_graceful_shutdown=30,
-    )
+    if args.workers > 1 and settings.database_url.startswith("sqlite"):
+        # One writer at a time: more processes add lock waits, not throughput (bench/README.md).
+        print("twofold: with SQLite, more workers do not serve more; use PostgreSQL to scale out", file=sys.stderr)
+    options: dict[str, Any] = {
+        "log_level": "info" if settings.dev else "warning",
+        "proxy_headers": False,  # X-Forwarded-For is judged by Twofold against TWOFOLD_TRUSTED_PROXIES
+        "server_header": False,
+        "timeout_graceful_shutdown": 30,
+    }
+    if args.workers > 1 and reuse_port_supported():
+        try:
+            return serve_with_reuse_port(host=args.host, port=args.port, workers=args.workers, options=options)
+        except OSError as error:
+            raise CommandError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}") from None
+    uvicorn.run(APP, factory=True, host=args.host, port=args.port, workers=args.workers, **options)
     return 0
 
 
