@@ -84,9 +84,14 @@ def test_totp_round_trip():
 
 def test_registry_refuses_unknown_types_and_duplicates():
     registry = default_registry()
-    assert registry.method_types == ["totp"]
+    assert registry.method_types == ["totp", "platform_authenticator", "security_key"]
     assert isinstance(registry.method("totp"), TotpMethod)
     assert [m.method_type for m in registry.for_verification_type("totp")] == ["totp"]
+    # One verification type, "webauthn", answers for both WebAuthn method types (API.md).
+    assert [m.method_type for m in registry.for_verification_type("webauthn")] == [
+        "platform_authenticator",
+        "security_key",
+    ]
     with pytest.raises(ValidationFailed):
         registry.method("sms")
     with pytest.raises(ValidationFailed):

@@ -306,7 +306,7 @@ def test_wrong_confirmation_code_enrolls_nothing_and_five_end_the_transaction(pr
         sessions = connection.execute(select(tables.sessions).where(tables.sessions.c.user_id == bob.user.id))
         assert list(sessions) == []
     # A new login still has to enroll (on a transaction of its own; the first one stays usable).
-    assert start_login(product_client, bob, "enrollment_required")["enrollable_types"] == ["totp"]
+    assert "totp" in start_login(product_client, bob, "enrollment_required")["enrollable_types"]
 
     for attempts_left in range(TRANSACTION_ATTEMPTS - 2, -1, -1):
         refused = complete(wrong_code(started["secret"]))

@@ -14,7 +14,7 @@ from typing import Any
 
 from twofold.domain.entities import User, VerificationMethodRecord
 from twofold.domain.errors import VerificationError
-from twofold.domain.verification import EnrollmentStart, MethodContext, VerificationResult
+from twofold.domain.verification import EnrollmentStart, MethodContext, VerificationResult, VerificationStart
 
 METHOD_TYPE = "test_code"
 
@@ -27,7 +27,14 @@ class KnownCodeMethod:
     def available(self, context: MethodContext) -> bool:
         return True
 
-    def begin_enrollment(self, *, user: User, name: str, context: MethodContext) -> EnrollmentStart:
+    def begin_enrollment(
+        self,
+        *,
+        user: User,
+        name: str,
+        context: MethodContext,
+        existing: Sequence[VerificationMethodRecord] = (),
+    ) -> EnrollmentStart:
         code = secrets.token_hex(8)
         record = VerificationMethodRecord(user_id=user.id, type=self.method_type, name=name)
         record.payload_encrypted = context.sealer.seal(code.encode(), context=f"method:{record.id}")
@@ -52,8 +59,8 @@ class KnownCodeMethod:
         methods: Sequence[VerificationMethodRecord],
         options: Mapping[str, Any],
         context: MethodContext,
-    ) -> dict[str, Any]:
-        return {}
+    ) -> VerificationStart:
+        return VerificationStart()
 
     def verify(
         self,

@@ -59,6 +59,10 @@ class Organization:
     name: str
     parent_id: str | None = None
     root_id: str = ""
+    # WebAuthn attestation the organization asks for ("none" or "direct"), and with "direct" an optional
+    # allow-list of authenticator models (AAGUIDs); None allows any model.
+    webauthn_attestation: str = "none"
+    webauthn_allowed_aaguids: list[str] | None = None
     id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=utcnow)
 
@@ -149,6 +153,8 @@ class VerificationMethodRecord:
     # The last counter a proof of this method was accepted at (a TOTP time step, a WebAuthn signature
     # count). It only moves forward, by a conditional UPDATE, which is what makes a proof single-use.
     counter: int | None = None
+    # Set when a use showed the method was copied (a WebAuthn signature counter that went backwards).
+    cloned_at: datetime | None = None
     id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=utcnow)
 
@@ -199,6 +205,20 @@ class OneTimeToken:
     token_hash: str
     purpose: str
     expires_at: datetime
+    used_at: datetime | None = None
+    id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(eq=False)
+class Challenge:
+    """A server-issued challenge (WebAuthn), bound to a login transaction or a session, used once."""
+
+    user_id: str
+    challenge_hash: str
+    expires_at: datetime
+    login_transaction_id: str | None = None
+    session_id: str | None = None
     used_at: datetime | None = None
     id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=utcnow)

@@ -89,6 +89,19 @@ class CodeAlreadyUsed(VerificationError):
     title = "this code was already used; wait for the next one"
 
 
+class UnknownCredential(VerificationError):
+    """The proof names no method of this user (another user's credential, or none at all)."""
+
+    title = "this credential is not registered to this account"
+
+
+class MethodCloned(VerificationError):
+    """The proof shows the method was copied (a signature counter went backwards): refused, and the
+    service flags the method (``method_id`` in ``extra``) for administrators."""
+
+    title = "this authenticator's signature counter went backwards; it may have been cloned"
+
+
 class ProofPending(TwofoldError):
     """The proof is not there yet (a push not answered, a device not paired): ask again later."""
 

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from .entities import (
     AuditEvent,
+    Challenge,
     Exemption,
     IdentityProvider,
     LoginTransaction,
@@ -84,8 +85,24 @@ class MethodRepository(Protocol):
         it or unset, atomically. False means a proof at this counter or a later one was already accepted."""
         ...
 
+    def mark_cloned(self, method_id: str, *, now: datetime) -> None: ...
     def activate(self, method_id: str, *, counter: int | None, now: datetime) -> bool:
         """Turn a pending method active, once: False when it is no longer pending (a parallel completion)."""
+        ...
+
+
+class ChallengeRepository(Protocol):
+    def add(self, challenge: Challenge) -> None: ...
+    def consume(
+        self,
+        challenge_hash: str,
+        *,
+        user_id: str,
+        login_transaction_id: str | None,
+        session_id: str | None,
+        now: datetime,
+    ) -> bool:
+        """Mark an unexpired, unused challenge issued to exactly this transaction or session used, atomically."""
         ...
 
 
@@ -173,6 +190,7 @@ class UnitOfWork(Protocol):
     exemptions: ExemptionRepository
     methods: MethodRepository
     recovery_codes: RecoveryCodeRepository
+    challenges: ChallengeRepository
     transactions: TransactionRepository
     sessions: SessionRepository
     tokens: OneTimeTokenRepository

@@ -50,6 +50,18 @@ class VerificationResult:
     method_id: str
     amr: tuple[str, ...]
     counter: int | None = None
+    #: the server-issued challenge the proof answers (WebAuthn): the service accepts the proof only if it
+    #: issued this challenge for this login or session and can mark it used, once
+    challenge: bytes | None = None
+
+
+@dataclass(frozen=True)
+class VerificationStart:
+    """What a verification needs before the proof: data for the client (e.g. WebAuthn request options)
+    and the challenge the service must keep, bound to the login transaction or session, for one use."""
+
+    client_data: dict[str, Any] = field(default_factory=dict)
+    challenge: bytes | None = None
 
 
 class VerificationMethod(Protocol):
@@ -64,7 +76,16 @@ class VerificationMethod(Protocol):
         """Whether this deployment can offer the method (WebAuthn needs a host name, not an IP)."""
         ...
 
-    def begin_enrollment(self, *, user: User, name: str, context: MethodContext) -> EnrollmentStart: ...
+    def begin_enrollment(
+        self,
+        *,
+        user: User,
+        name: str,
+        context: MethodContext,
+        existing: Sequence[VerificationMethodRecord] = (),
+    ) -> EnrollmentStart:
+        """Prepare a pending record; ``existing`` are the user's active methods (WebAuthn excludes them)."""
+        ...
 
     def complete_enrollment(
         self, *, user: User, record: VerificationMethodRecord, proof: Mapping[str, Any], context: MethodContext
@@ -80,8 +101,8 @@ class VerificationMethod(Protocol):
         methods: Sequence[VerificationMethodRecord],
         options: Mapping[str, Any],
         context: MethodContext,
-    ) -> dict[str, Any]:
-        """Start a challenge (WebAuthn options, a push); methods needing none return {}."""
+    ) -> VerificationStart:
+        """Start a challenge (WebAuthn options, a push); methods needing none return an empty start."""
         ...
 
     def verify(

@@ -42,5 +42,6 @@ class MethodRegistry:
 def default_registry() -> MethodRegistry:
     """The methods this build of Twofold offers."""
     from twofold.methods.totp import TotpMethod
+    from twofold.methods.webauthn import PlatformAuthenticatorMethod, SecurityKeyMethod
 
-    return MethodRegistry([TotpMethod()])
+    return MethodRegistry([TotpMethod(), PlatformAuthenticatorMethod(), SecurityKeyMethod()])

@@ -258,6 +258,39 @@ class AdminService:
 
     # -- unlock ----------------------------------------------------------------------------------
 
+    def update_webauthn_policy(
+        self, principal: Principal, organization_id: str, *, changes: dict[str, Any], context: RequestContext
+    ) -> Organization:
+        """The root organization's WebAuthn attestation policy: "none", or "direct" with an optional
+        allow-list of authenticator models (AAGUIDs). It applies to registrations from now on."""
+        with self.uow() as uow:
+            organization = self._authorize(uow, principal, organization_id, "users:write", step_up=True)
+            if not organization.is_root:
+                raise ValidationFailed("the WebAuthn policy belongs to the root organization")
+            if "webauthn_attestation" in changes and changes["webauthn_attestation"] is not None:
+                organization.webauthn_attestation = changes["webauthn_attestation"]
+            if "webauthn_allowed_aaguids" in changes:
+                allowed = changes["webauthn_allowed_aaguids"]
+                organization.webauthn_allowed_aaguids = (
+                    sorted({aaguid.lower() for aaguid in allowed}) if allowed else None
+                )
+            if organization.webauthn_allowed_aaguids and organization.webauthn_attestation != "direct":
+                raise ValidationFailed(
+                    'an allow-list of models needs attestation "direct": without it, a model is unproven'
+                )
+            audit.record(
+                uow,
+                "organization.webauthn_policy_changed",
+                organization_id=organization.id,
+                actor_id=principal.user_id,
+                ip=context.ip,
+                details={
+                    "webauthn_attestation": organization.webauthn_attestation,
+                    "webauthn_allowed_aaguids": organization.webauthn_allowed_aaguids,
+                },
+            )
+            return organization
+
     def unlock(self, principal: Principal, organization_id: str, user_id: str, context: RequestContext) -> None:
         with self.uow() as uow:
             organization = self._authorize(uow, principal, organization_id, "users:write", step_up=True)

@@ -21,6 +21,7 @@ from typing import Any
 from twofold.config import Settings
 from twofold.domain.clock import as_utc, utcnow
 from twofold.domain.entities import (
+    Challenge,
     LoginTransaction,
     MethodStatus,
     TransactionState,
@@ -33,9 +34,12 @@ from twofold.domain.errors import (
     Forbidden,
     InvalidCode,
     InvalidCredentials,
+    MethodCloned,
     NotFound,
     RateLimited,
     TransactionExpired,
+    UnknownCredential,
+    ValidationFailed,
     VerificationError,
 )
 from twofold.domain.ports import Notifier, UnitOfWork, UnitOfWorkFactory
@@ -53,6 +57,8 @@ from .throttle import Throttle
 
 TRANSACTION_TOKEN_PREFIX = "tft"
 ENROLLMENT_LIFETIME = timedelta(minutes=10)
+# A WebAuthn ceremony's challenge: the options' timeout (2 minutes), never beyond its login transaction.
+CHALLENGE_LIFETIME = timedelta(minutes=2)
 
 
 @dataclass
@@ -334,7 +340,13 @@ class LoginService:
             attempts, reservation = self._claim(uow, transaction, user, now=now, context=context)
             try:
                 proven = self.prove(
-                    uow, user, verification_type=verification_type, proof=proof, context=context, now=now
+                    uow,
+                    user,
+                    verification_type=verification_type,
+                    proof=proof,
+                    context=context,
+                    now=now,
+                    login_transaction_id=transaction.id,
                 )
             except VerificationError as error:
                 raise self._failed(
@@ -360,6 +372,63 @@ class LoginService:
             recovery_codes_remaining=proven.recovery_codes_remaining,
         )
 
+    def verification_options(
+        self, *, transaction_token: str, method_type: str | None, context: RequestContext
+    ) -> dict[str, Any]:
+        """WebAuthn request options for an mfa_required login; the challenge is kept, bound to it."""
+        now = utcnow()
+        with self.uow() as uow:
+            transaction, user = self._open_transaction(uow, transaction_token, now=now)
+            if transaction.state != TransactionState.MFA_REQUIRED.value:
+                raise Forbidden("this login must enroll a verification method first")
+            return self.issue_challenge(
+                uow,
+                user,
+                method_type=method_type,
+                context=context,
+                expires_at=min(now + CHALLENGE_LIFETIME, as_utc(transaction.expires_at)),
+                login_transaction_id=transaction.id,
+            )
+
+    def issue_challenge(
+        self,
+        uow: UnitOfWork,
+        user: User,
+        *,
+        method_type: str | None,
+        context: RequestContext,
+        expires_at: datetime,
+        login_transaction_id: str | None = None,
+        session_id: str | None = None,
+    ) -> dict[str, Any]:
+        methods = self.registry.for_verification_type("webauthn")
+        if method_type is not None:
+            methods = [m for m in methods if m.method_type == method_type]
+            if not methods:
+                raise ValidationFailed(f"{method_type!r} is not a WebAuthn method type")
+        method = methods[0]
+        records = [r for r in uow.methods.active_for_user(user.id) if r.type in {m.method_type for m in methods}]
+        if not records:
+            raise NotFound("this account has no such authenticator registered")
+        organization = uow.organizations.get(user.organization_id)
+        started = method.begin_verification(
+            user=user,
+            methods=records,
+            options={"any_type": method_type is None},
+            context=self.method_context(organization, context),
+        )
+        if started.challenge is not None:
+            uow.challenges.add(
+                Challenge(
+                    user_id=user.id,
+                    challenge_hash=hash_token(started.challenge.hex()),
+                    expires_at=expires_at,
+                    login_transaction_id=login_transaction_id,
+                    session_id=session_id,
+                )
+            )
+        return started.client_data
+
     def check_verification_type(self, verification_type: str) -> None:
         """422 for a ``type`` no registered method (nor the recovery codes) answers to."""
         if verification_type != recovery_codes.VERIFICATION_TYPE:
@@ -374,6 +443,8 @@ class LoginService:
         proof: Mapping[str, Any],
         context: RequestContext,
         now: datetime,
+        login_transaction_id: str | None = None,
+        session_id: str | None = None,
     ) -> Proven:
         """Check a second factor of ``user`` (login and step-up alike); raise VerificationError if it fails.
 
@@ -386,7 +457,30 @@ class LoginService:
         records = list(uow.methods.active_for_user(user.id))
         organization = uow.organizations.get(user.organization_id)
         method_context = self.method_context(organization, context)
-        result = self._verify_with(candidates, user, records, proof, method_context)
+        try:
+            result = self._verify_with(candidates, user, records, proof, method_context)
+        except MethodCloned as error:
+            method_id = error.extra.get("method_id")
+            if isinstance(method_id, str):
+                uow.methods.mark_cloned(method_id, now=now)
+            audit.record(
+                uow,
+                "authenticator.cloned",
+                organization_id=user.organization_id,
+                subject_id=user.id,
+                ip=context.ip,
+                details={"method_id": method_id, "reason": error.detail[:200]},
+            )
+            raise VerificationError(error.detail) from None
+        # A challenge-response proof answers a challenge issued to this very login or session, once.
+        if result.challenge is not None and not uow.challenges.consume(
+            hash_token(result.challenge.hex()),
+            user_id=user.id,
+            login_transaction_id=login_transaction_id,
+            session_id=session_id,
+            now=now,
+        ):
+            raise VerificationError("this challenge is unknown, expired or already used; start again")
         if result.counter is None:
             self._mark_used(uow, result, now=now)
         elif not uow.methods.advance_counter(result.method_id, result.counter, now=now):
@@ -462,7 +556,9 @@ class LoginService:
             try:
                 return method.verify(user=user, methods=own, proof=proof, context=method_context)
             except VerificationError as error:
-                last_error = error
+                # The method that knew the credential has the telling error; "not mine" is the weakest.
+                if last_error is None or not isinstance(error, UnknownCredential):
+                    last_error = error
         raise last_error or VerificationError("no verification method of this type is registered")
 
     @staticmethod
@@ -539,6 +635,7 @@ class LoginService:
             method_context = self.method_context(organization, context)
             try:
                 result = method.complete_enrollment(user=user, record=record, proof=proof, context=method_context)
+                self.refuse_registered_elsewhere(uow, record)
             except VerificationError as error:
                 attempts_left = max(0, self.settings.transaction_max_failures - attempts)
                 if attempts_left == 0:
@@ -572,6 +669,17 @@ class LoginService:
             return LoginOutcome(
                 status="authenticated", expires_at=issued.expires_at, session=issued, recovery_codes=codes
             )
+
+    @staticmethod
+    def refuse_registered_elsewhere(uow: UnitOfWork, record: VerificationMethodRecord) -> None:
+        """A credential id already registered to anyone is refused (WebAuthn §7.1 step 22); the unique
+        index settles a race between two registrations of one credential."""
+        if record.lookup_key is None:
+            return
+        other = uow.methods.by_lookup_key(record.lookup_key)
+        if other is not None and other.id != record.id:
+            record.lookup_key = None  # the pending record keeps nothing that would collide when saved
+            raise VerificationError("this authenticator is already registered")
 
     def pending_enrollment(self, transaction_token: str, enrollment_id: str) -> VerificationMethodRecord | None:
         """A pending enrollment of this login, for the pages to show its form again after a wrong code."""

@@ -61,12 +61,13 @@ class MethodService:
             user = uow.users.get(principal.user.id)
             assert user is not None
             organization = uow.organizations.get(user.organization_id)
+            existing = list(uow.methods.active_for_user(user.id))
         method_context = self.login.method_context(organization, context)
         if not method.available(method_context):
             raise Forbidden(f"{method.display_name} is not offered by this server")
         # Prepared outside the write transaction (a QR code takes tens of milliseconds to draw).
         started = method.begin_enrollment(
-            user=user, name=clean_display_name(name or method.display_name), context=method_context
+            user=user, name=clean_display_name(name or method.display_name), context=method_context, existing=existing
         )
         now = utcnow()
         with self.uow() as uow:
@@ -107,6 +108,7 @@ class MethodService:
             method_context = self.login.method_context(organization, context)
             try:
                 result = method.complete_enrollment(user=user, record=record, proof=proof, context=method_context)
+                self.login.refuse_registered_elsewhere(uow, record)
             except VerificationError as error:
                 audit.record(
                     uow,

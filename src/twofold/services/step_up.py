@@ -13,7 +13,7 @@ from twofold.methods.registry import MethodRegistry
 
 from . import audit
 from .context import Principal, RequestContext
-from .login import LoginService
+from .login import CHALLENGE_LIFETIME, LoginService
 from .sessions import SessionService
 from .throttle import Throttle
 
@@ -34,6 +34,25 @@ class StepUpService:
         self.throttle = throttle
         self.login = login
 
+    def verification_options(
+        self, principal: Principal, *, method_type: str | None, context: RequestContext
+    ) -> dict[str, Any]:
+        """WebAuthn request options for a step-up; the challenge is kept, bound to this session."""
+        self.sessions.require_mfa_session(principal)
+        assert principal.session is not None
+        now = utcnow()
+        with self.uow() as uow:
+            user = uow.users.get(principal.user.id)
+            assert user is not None
+            return self.login.issue_challenge(
+                uow,
+                user,
+                method_type=method_type,
+                context=context,
+                expires_at=now + CHALLENGE_LIFETIME,
+                session_id=principal.session.id,
+            )
+
     def step_up(
         self, principal: Principal, *, verification_type: str, proof: Mapping[str, Any], context: RequestContext
     ) -> datetime:
@@ -52,7 +71,13 @@ class StepUpService:
             uow.commit()
             try:
                 proven = self.login.prove(
-                    uow, user, verification_type=verification_type, proof=proof, context=context, now=now
+                    uow,
+                    user,
+                    verification_type=verification_type,
+                    proof=proof,
+                    context=context,
+                    now=now,
+                    session_id=principal.session.id,
                 )
             except VerificationError as error:
                 audit.record(

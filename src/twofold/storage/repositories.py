@@ -173,7 +173,9 @@ class MethodRepository(_Repository):
 
     def by_lookup_key(self, lookup_key: str) -> e.VerificationMethodRecord | None:
         c = t.verification_methods.c
-        return self.s.scalars(select(e.VerificationMethodRecord).where(c.lookup_key == lookup_key)).first()
+        # No autoflush: the caller may hold a record that is about to take this very key.
+        with self.s.no_autoflush:
+            return self.s.scalars(select(e.VerificationMethodRecord).where(c.lookup_key == lookup_key)).first()
 
     def delete(self, record: e.VerificationMethodRecord) -> None:
         self.s.delete(record)
@@ -207,6 +209,12 @@ class MethodRepository(_Repository):
         )
         return int(result.rowcount or 0) == 1
 
+    def mark_cloned(self, method_id: str, *, now: datetime) -> None:
+        c = t.verification_methods.c
+        self.s.execute(
+            update(t.verification_methods).where(c.id == method_id, c.cloned_at.is_(None)).values(cloned_at=now)
+        )
+
     def activate(self, method_id: str, *, counter: int | None, now: datetime) -> bool:
         c = t.verification_methods.c
         return self._update_one(
@@ -218,6 +226,36 @@ class MethodRepository(_Repository):
             login_transaction_id=None,
             last_used_at=now,
         )
+
+
+class ChallengeRepository(_Repository):
+    def add(self, challenge: e.Challenge) -> None:
+        self.s.add(challenge)
+
+    def consume(
+        self,
+        challenge_hash: str,
+        *,
+        user_id: str,
+        login_transaction_id: str | None,
+        session_id: str | None,
+        now: datetime,
+    ) -> bool:
+        c = t.challenges.c
+        bound = (
+            c.login_transaction_id == login_transaction_id
+            if login_transaction_id is not None
+            else c.session_id == session_id
+        )
+        self.s.flush()
+        result: Any = self.s.execute(
+            update(t.challenges)
+            .where(
+                c.challenge_hash == challenge_hash, c.user_id == user_id, bound, c.used_at.is_(None), c.expires_at > now
+            )
+            .values(used_at=now)
+        )
+        return int(result.rowcount or 0) == 1
 
 
 class RecoveryCodeRepository(_Repository):
@@ -433,6 +471,7 @@ class Housekeeping(_Repository):
             ),
         )
         run("one_time_tokens", delete(t.one_time_tokens).where(t.one_time_tokens.c.expires_at < now))
+        run("challenges", delete(t.challenges).where(t.challenges.c.expires_at < now))
         # A throttle row matters until its block ends and its window closes; a day later it is history.
         stale = now - timedelta(days=1)
         run(

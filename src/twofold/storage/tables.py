@@ -58,6 +58,8 @@ organizations = Table(
     Column("name", String(200), nullable=False),
     Column("parent_id", ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=True),
     Column("root_id", ID, nullable=False, index=True),
+    Column("webauthn_attestation", String(16), nullable=False, server_default="none"),
+    Column("webauthn_allowed_aaguids", JSON, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
 )
 # One root organization per name: `twofold init` refuses to run twice for the same organization.
@@ -148,6 +150,20 @@ verification_methods = Table(
     Column("login_transaction_id", ID, nullable=True),
     Column("last_used_at", UTCDateTime, nullable=True),
     Column("counter", BigInteger, nullable=True),
+    Column("cloned_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+challenges = Table(
+    "challenges",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("challenge_hash", String(64), nullable=False, unique=True),
+    Column("login_transaction_id", ID, nullable=True),
+    Column("session_id", ID, nullable=True),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
 )
 
@@ -247,6 +263,7 @@ def map_entities() -> None:
     mapper_registry.map_imperatively(e.Exemption, exemptions)
     mapper_registry.map_imperatively(e.VerificationMethodRecord, verification_methods)
     mapper_registry.map_imperatively(e.RecoveryCode, recovery_codes)
+    mapper_registry.map_imperatively(e.Challenge, challenges)
     mapper_registry.map_imperatively(e.LoginTransaction, login_transactions)
     mapper_registry.map_imperatively(e.Session, sessions)
     mapper_registry.map_imperatively(e.OneTimeToken, one_time_tokens)

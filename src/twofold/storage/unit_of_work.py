@@ -59,6 +59,7 @@ class SqlUnitOfWork:
         self.exemptions = r.ExemptionRepository(session)
         self.methods = r.MethodRepository(session)
         self.recovery_codes = r.RecoveryCodeRepository(session)
+        self.challenges = r.ChallengeRepository(session)
         self.transactions = r.TransactionRepository(session)
         self.sessions = r.SessionRepository(session)
         self.tokens = r.OneTimeTokenRepository(session)

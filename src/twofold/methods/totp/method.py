@@ -16,7 +16,7 @@ import segno
 
 from twofold.domain.entities import User, VerificationMethodRecord
 from twofold.domain.errors import CodeAlreadyUsed, VerificationError
-from twofold.domain.verification import EnrollmentStart, MethodContext, VerificationResult
+from twofold.domain.verification import EnrollmentStart, MethodContext, VerificationResult, VerificationStart
 
 from .otp import TotpParameters, generate_secret, key_uri, matching_time_step
 
@@ -36,7 +36,14 @@ class TotpMethod:
 
     # -- enrollment ------------------------------------------------------------------------------
 
-    def begin_enrollment(self, *, user: User, name: str, context: MethodContext) -> EnrollmentStart:
+    def begin_enrollment(
+        self,
+        *,
+        user: User,
+        name: str,
+        context: MethodContext,
+        existing: Sequence[VerificationMethodRecord] = (),
+    ) -> EnrollmentStart:
         secret = generate_secret()
         record = VerificationMethodRecord(user_id=user.id, type=self.method_type, name=name)
         payload = {
@@ -77,8 +84,8 @@ class TotpMethod:
         methods: Sequence[VerificationMethodRecord],
         options: Mapping[str, Any],
         context: MethodContext,
-    ) -> dict[str, Any]:
-        return {}
+    ) -> VerificationStart:
+        return VerificationStart()
 
     def verify(
         self,

@@ -16,7 +16,7 @@ from twofold.domain.errors import ValidationFailed
 from twofold.services.admin import UserView
 
 from ..deps import App, Context, CurrentPrincipal
-from .schemas import PROBLEM_RESPONSES, BusinessGroupBody, CreateUserBody, UpdateUserBody, ts
+from .schemas import PROBLEM_RESPONSES, BusinessGroupBody, CreateUserBody, OrganizationPolicyBody, UpdateUserBody, ts
 
 router = APIRouter(prefix="/api/v1/organizations/{org}", tags=["administration"], responses=PROBLEM_RESPONSES)
 
@@ -31,6 +31,14 @@ def organization_body(organization: Organization, tree: list[Organization]) -> d
             "id": node.id,
             "name": node.name,
             "parent_id": node.parent_id,
+            **(
+                {
+                    "webauthn_attestation": node.webauthn_attestation,
+                    "webauthn_allowed_aaguids": node.webauthn_allowed_aaguids,
+                }
+                if node.parent_id is None
+                else {}
+            ),
             "created_at": ts(node.created_at),
             "business_groups": [render(child) for child in children.get(node.id, [])],
         }
@@ -44,6 +52,8 @@ def user_body(view: UserView) -> dict[str, Any]:
     flags = []
     if user.locked_at is not None:
         flags.append("locked")
+    if any(method.cloned_at is not None for method in view.methods):
+        flags.append("cloned_authenticator")
     return {
         "id": user.id,
         "username": user.username,
@@ -55,7 +65,10 @@ def user_body(view: UserView) -> dict[str, Any]:
         "identity_provider": {"id": provider.id, "type": provider.type, "name": provider.name} if provider else None,
         "mfa_exempt": view.exemption_in_force,
         "exemption_expires_at": ts(view.exemption.expires_at) if view.exemption else None,
-        "methods": [{"type": m.type, "name": m.name} for m in view.methods],
+        "methods": [
+            {"type": m.type, "name": m.name, **({"cloned_at": ts(m.cloned_at)} if m.cloned_at else {})}
+            for m in view.methods
+        ],
         "locked": user.locked_at is not None,
         "locked_at": ts(user.locked_at),
         "locked_until": ts(view.locked_until),
@@ -86,6 +99,21 @@ def get_organization(org: str, principal: CurrentPrincipal, twofold: App) -> dic
     if organization.id != root.id:
         body = organization_body(organization, tree)
     return body
+
+
+@router.patch("", summary="Organization policy: WebAuthn attestation and allowed authenticator models ★")
+def update_organization(
+    org: str, body: OrganizationPolicyBody, principal: CurrentPrincipal, twofold: App, context: Context
+) -> dict[str, Any]:
+    organization = twofold.admin.update_webauthn_policy(
+        principal, org, changes=body.model_dump(exclude_unset=True), context=context
+    )
+    return {
+        "id": organization.id,
+        "name": organization.name,
+        "webauthn_attestation": organization.webauthn_attestation,
+        "webauthn_allowed_aaguids": organization.webauthn_allowed_aaguids,
+    }
 
 
 @router.post("/business-groups", status_code=201, summary="Create a business group")

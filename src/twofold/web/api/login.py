@@ -21,6 +21,7 @@ from .schemas import (
     PasswordResetRequestBody,
     SetupBody,
     VerifyBody,
+    WebAuthnOptionsBody,
     ts,
 )
 
@@ -77,6 +78,14 @@ def verify(body: VerifyBody, twofold: App, context: Context) -> JSONResponse:
     except ProofPending:
         return JSONResponse({"status": "pending"}, status_code=202, headers=_NO_STORE)
     return JSONResponse(outcome_body(twofold, outcome), headers=_NO_STORE)
+
+
+@router.post("/login/webauthn/options", summary="WebAuthn request options for an mfa_required transaction")
+def webauthn_options(body: WebAuthnOptionsBody, twofold: App, context: Context) -> JSONResponse:
+    options = twofold.login.verification_options(
+        transaction_token=body.transaction, method_type=body.type, context=context
+    )
+    return JSONResponse(options, headers=_NO_STORE)
 
 
 @router.post("/login/enroll", summary="Start enrolling the first method of an enrollment_required transaction")

@@ -9,7 +9,15 @@ from fastapi.responses import JSONResponse
 
 from ..deps import App, Context, CurrentPrincipal
 from .login import enrollment_body
-from .schemas import PROBLEM_RESPONSES, MethodCompleteBody, MethodEnrollBody, PasswordChangeBody, StepUpBody, ts
+from .schemas import (
+    PROBLEM_RESPONSES,
+    MethodCompleteBody,
+    MethodEnrollBody,
+    PasswordChangeBody,
+    StepUpBody,
+    StepUpWebAuthnOptionsBody,
+    ts,
+)
 
 router = APIRouter(prefix="/api/v1/me", tags=["self-service"], responses=PROBLEM_RESPONSES)
 
@@ -93,6 +101,14 @@ def complete_method(
 def recovery_codes(principal: CurrentPrincipal, twofold: App, context: Context) -> JSONResponse:
     codes = twofold.methods.regenerate_recovery_codes(principal, context=context)
     return JSONResponse({"codes": codes}, status_code=201, headers=_NO_STORE)
+
+
+@router.post("/step-up/webauthn/options", summary="WebAuthn request options for a step-up")
+def step_up_webauthn_options(
+    body: StepUpWebAuthnOptionsBody, principal: CurrentPrincipal, twofold: App, context: Context
+) -> JSONResponse:
+    options = twofold.step_up.verification_options(principal, method_type=body.type, context=context)
+    return JSONResponse(options, headers=_NO_STORE)
 
 
 @router.post("/step-up", summary="A fresh second factor renews step_up_until")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from twofold.domain.clock import rfc3339
 
@@ -65,6 +65,15 @@ class StepUpBody(Body):
 
     def proof(self) -> dict[str, Any]:
         return self.model_dump(exclude={"type"}, exclude_none=True)
+
+
+class WebAuthnOptionsBody(Body):
+    transaction: Token
+    type: Literal["platform_authenticator", "security_key"] | None = None
+
+
+class StepUpWebAuthnOptionsBody(Body):
+    type: Literal["platform_authenticator", "security_key"] | None = None
 
 
 class EnrollBody(Body):
@@ -128,6 +137,16 @@ class PasswordChangeBody(Body):
 class BusinessGroupBody(Body):
     name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     parent_id: Short | None = None
+
+
+Aaguid = Annotated[
+    str, StringConstraints(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+]
+
+
+class OrganizationPolicyBody(Body):
+    webauthn_attestation: Literal["none", "direct"] | None = None
+    webauthn_allowed_aaguids: Annotated[list[Aaguid], Field(max_length=200)] | None = None
 
 
 class CreateUserBody(Body):

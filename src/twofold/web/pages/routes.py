@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -29,10 +29,12 @@ from twofold.domain.errors import (
     TransactionExpired,
     TwofoldError,
     Unauthenticated,
+    ValidationFailed,
 )
 from twofold.services.context import Principal
 from twofold.services.login import EnrollmentStarted, LoginOutcome
 
+from .. import problems
 from ..deps import CSRF_COOKIE, LOGIN_COOKIE, SESSION_COOKIE, api_csrf_token, origin_allowed, request_context
 
 _HERE = Path(__file__).parent
@@ -40,6 +42,7 @@ templates = Jinja2Templates(directory=str(_HERE / "templates"))
 router = APIRouter(include_in_schema=False)
 
 FORM_LIMIT = 64 * 1024
+WEBAUTHN_TYPES = ("platform_authenticator", "security_key")
 
 
 def mount_static(app: FastAPI) -> None:
@@ -338,6 +341,27 @@ async def verify_submit(request: Request) -> Response:
     return _signed_in(request, outcome)
 
 
+@router.post("/login/webauthn/options")
+async def webauthn_options(request: Request) -> Response:
+    """The pages' own call for WebAuthn request options: the transaction rides on its HttpOnly cookie,
+    which the JSON API never reads (API.md: /api/v1/login* sets and reads no cookie)."""
+    try:
+        form = await _form(request)
+    except Forbidden as error:
+        return problems.from_error(error)
+    token = request.cookies.get(LOGIN_COOKIE)
+    method_type = form.get("type") or None
+    if method_type not in (None, *WEBAUTHN_TYPES):
+        return problems.from_error(ValidationFailed("unknown authenticator type"))
+    try:
+        options = _twofold(request).login.verification_options(
+            transaction_token=token or "", method_type=method_type, context=request_context(request)
+        )
+    except TwofoldError as error:
+        return problems.from_error(error)
+    return JSONResponse(options, headers={"Cache-Control": "no-store"})
+
+
 # -- forced enrollment (R3) ----------------------------------------------------------------------
 
 
@@ -407,7 +431,7 @@ def _enrollment_page(
 ) -> HTMLResponse:
     """The second phase of an enrollment: each method may bring its own template, others get the
     generic code form."""
-    template = f"enroll_{started.type}.html"
+    template = "enroll_webauthn.html" if started.type in WEBAUTHN_TYPES else f"enroll_{started.type}.html"
     if not (_HERE / "templates" / template).exists():
         template = "enroll_generic.html"
     secret = str(started.client_data.get("secret", ""))
@@ -437,7 +461,9 @@ async def enroll_complete(request: Request) -> Response:
     if isinstance(found, Response):
         return found
     token, _view = found
-    proof = {k: v[:16384] for k, v in form.items() if k not in {"csrf_token", "enrollment_id"}}
+    proof: dict[str, Any] = {k: v[:16384] for k, v in form.items() if k not in {"csrf_token", "enrollment_id"}}
+    if "credential_json" in proof:  # the WebAuthn page posts the browser's credential as JSON text
+        proof["credential"] = proof.pop("credential_json")
     try:
         outcome = _twofold(request).login.complete_enrollment(
             transaction_token=token,
@@ -450,7 +476,7 @@ async def enroll_complete(request: Request) -> Response:
     except TwofoldError as error:
         attempts_left = error.extra.get("attempts_left")
         pending = None
-        if error.code == "invalid_code" and attempts_left:
+        if error.code == "invalid_code" and attempts_left and "code" in proof:
             pending = _twofold(request).login.pending_enrollment(token, form.get("enrollment_id", "")[:64])
         if pending is not None:
             # The app already holds the secret: ask for another code on the same enrollment, not a new scan.
