@@ -93,6 +93,7 @@ class MethodRepository(Protocol):
 
 class ChallengeRepository(Protocol):
     def add(self, challenge: Challenge) -> None: ...
+    def count_open(self, *, login_transaction_id: str | None, session_id: str | None, now: datetime) -> int: ...
     def consume(
         self,
         challenge_hash: str,

@@ -59,6 +59,7 @@ TRANSACTION_TOKEN_PREFIX = "tft"
 ENROLLMENT_LIFETIME = timedelta(minutes=10)
 # A WebAuthn ceremony's challenge: the options' timeout (2 minutes), never beyond its login transaction.
 CHALLENGE_LIFETIME = timedelta(minutes=2)
+MAX_OPEN_CHALLENGES = 20
 
 
 @dataclass
@@ -418,6 +419,13 @@ class LoginService:
             context=self.method_context(organization, context),
         )
         if started.challenge is not None:
+            # Each options call stores a challenge: a login or session gets a bounded number at a time.
+            now = utcnow()
+            if (
+                uow.challenges.count_open(login_transaction_id=login_transaction_id, session_id=session_id, now=now)
+                >= MAX_OPEN_CHALLENGES
+            ):
+                raise RateLimited("too many authenticator requests at once; finish or wait for one", retry_after=30)
             uow.challenges.add(
                 Challenge(
                     user_id=user.id,

@@ -232,6 +232,15 @@ class ChallengeRepository(_Repository):
     def add(self, challenge: e.Challenge) -> None:
         self.s.add(challenge)
 
+    def count_open(self, *, login_transaction_id: str | None, session_id: str | None, now: datetime) -> int:
+        c = t.challenges.c
+        bound = (
+            c.login_transaction_id == login_transaction_id
+            if login_transaction_id is not None
+            else c.session_id == session_id
+        )
+        return int(self.s.scalar(select(func.count()).where(bound, c.used_at.is_(None), c.expires_at > now)) or 0)
+
     def consume(
         self,
         challenge_hash: str,

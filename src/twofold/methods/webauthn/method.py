@@ -14,6 +14,7 @@ import json
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
 
@@ -59,7 +60,9 @@ class WebAuthnMethod:
         return _is_host_name(context.rp_id)
 
     def _relying_party(self, context: MethodContext) -> RelyingParty:
-        origin = context.public_url.rstrip("/")
+        # The origin is scheme://host[:port] of the public URL, whatever path it may carry.
+        parts = urlsplit(context.public_url)
+        origin = f"{parts.scheme}://{parts.netloc}"
         return RelyingParty(id=context.rp_id, name=context.organization.name or "Twofold", origin=origin)
 
     # -- enrollment ------------------------------------------------------------------------------
