@@ -219,6 +219,8 @@ class Challenge:
     expires_at: datetime
     login_transaction_id: str | None = None
     session_id: str | None = None
+    # The method type whose credentials the options offered (allowCredentials); None offered them all.
+    method_type: str | None = None
     used_at: datetime | None = None
     id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=utcnow)

@@ -102,8 +102,9 @@ class ChallengeRepository(Protocol):
         login_transaction_id: str | None,
         session_id: str | None,
         now: datetime,
-    ) -> bool:
-        """Mark an unexpired, unused challenge issued to exactly this transaction or session used, atomically."""
+    ) -> Challenge | None:
+        """Mark an unexpired, unused challenge issued to exactly this transaction or session used, atomically;
+        the challenge, or None when there is no such challenge (unknown, expired, used, or another's)."""
         ...
 
 

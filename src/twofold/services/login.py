@@ -276,12 +276,14 @@ class LoginService:
         """Count the attempt before checking it, atomically, on the transaction and on the account."""
         if user.locked_at is not None:
             self._refuse_locked(uow, user, now=now, context=context)
-        reservation = self.throttle.reserve_mfa_attempt(uow, user.id, now=now)
+        # The transaction's row first, then the account's counters: the order in which a success ends
+        # the transaction and then resets the counters, so parallel submissions never deadlock.
         attempts = uow.transactions.claim_attempt(
             transaction.id, now=now, maximum=self.settings.transaction_max_failures
         )
         if attempts is None:
             raise TransactionExpired()
+        reservation = self.throttle.reserve_mfa_attempt(uow, user.id, now=now)
         uow.commit()
         return attempts, reservation
 
@@ -433,6 +435,7 @@ class LoginService:
                     expires_at=expires_at,
                     login_transaction_id=login_transaction_id,
                     session_id=session_id,
+                    method_type=method_type,
                 )
             )
         return started.client_data
@@ -468,6 +471,17 @@ class LoginService:
         try:
             result = self._verify_with(candidates, user, records, proof, method_context)
         except MethodCloned as error:
+            # A signed response with a stale counter is a clone only if it answers a challenge issued
+            # to this login or session and unused: a replayed response is refused as a replay.
+            challenge_hex = error.extra.get("challenge")
+            if not isinstance(challenge_hex, str) or not uow.challenges.consume(
+                hash_token(challenge_hex),
+                user_id=user.id,
+                login_transaction_id=login_transaction_id,
+                session_id=session_id,
+                now=now,
+            ):
+                raise VerificationError("this challenge is unknown, expired or already used; start again") from None
             method_id = error.extra.get("method_id")
             if isinstance(method_id, str):
                 uow.methods.mark_cloned(method_id, now=now)
@@ -480,15 +494,21 @@ class LoginService:
                 details={"method_id": method_id, "reason": error.detail[:200]},
             )
             raise VerificationError(error.detail) from None
-        # A challenge-response proof answers a challenge issued to this very login or session, once.
-        if result.challenge is not None and not uow.challenges.consume(
-            hash_token(result.challenge.hex()),
-            user_id=user.id,
-            login_transaction_id=login_transaction_id,
-            session_id=session_id,
-            now=now,
-        ):
-            raise VerificationError("this challenge is unknown, expired or already used; start again")
+        # A challenge-response proof answers a challenge issued to this very login or session, once,
+        # with one of the credentials those options offered (allowCredentials).
+        if result.challenge is not None:
+            issued = uow.challenges.consume(
+                hash_token(result.challenge.hex()),
+                user_id=user.id,
+                login_transaction_id=login_transaction_id,
+                session_id=session_id,
+                now=now,
+            )
+            if issued is None:
+                raise VerificationError("this challenge is unknown, expired or already used; start again")
+            record = uow.methods.get(result.method_id)
+            if issued.method_type is not None and (record is None or record.type != issued.method_type):
+                raise VerificationError("this credential was not among those offered for this request")
         if result.counter is None:
             self._mark_used(uow, result, now=now)
         elif not uow.methods.advance_counter(result.method_id, result.counter, now=now):

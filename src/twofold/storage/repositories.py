@@ -249,7 +249,7 @@ class ChallengeRepository(_Repository):
         login_transaction_id: str | None,
         session_id: str | None,
         now: datetime,
-    ) -> bool:
+    ) -> e.Challenge | None:
         c = t.challenges.c
         bound = (
             c.login_transaction_id == login_transaction_id
@@ -257,14 +257,29 @@ class ChallengeRepository(_Repository):
             else c.session_id == session_id
         )
         self.s.flush()
-        result: Any = self.s.execute(
-            update(t.challenges)
-            .where(
+        row = self.s.execute(
+            select(c.id, c.method_type).where(
                 c.challenge_hash == challenge_hash, c.user_id == user_id, bound, c.used_at.is_(None), c.expires_at > now
             )
-            .values(used_at=now)
+        ).first()
+        if row is None:
+            return None
+        # The conditional UPDATE decides between parallel submissions of one response: one wins.
+        result: Any = self.s.execute(
+            update(t.challenges).where(c.id == row.id, c.used_at.is_(None)).values(used_at=now)
         )
-        return int(result.rowcount or 0) == 1
+        if int(result.rowcount or 0) != 1:
+            return None
+        return e.Challenge(
+            id=row.id,
+            user_id=user_id,
+            challenge_hash=challenge_hash,
+            expires_at=now,
+            login_transaction_id=login_transaction_id,
+            session_id=session_id,
+            method_type=row.method_type,
+            used_at=now,
+        )
 
 
 class RecoveryCodeRepository(_Repository):

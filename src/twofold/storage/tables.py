@@ -162,6 +162,7 @@ challenges = Table(
     Column("challenge_hash", String(64), nullable=False, unique=True),
     Column("login_transaction_id", ID, nullable=True),
     Column("session_id", ID, nullable=True),
+    Column("method_type", String(32), nullable=True),
     Column("expires_at", UTCDateTime, nullable=False),
     Column("used_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),

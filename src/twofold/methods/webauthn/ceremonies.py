@@ -24,7 +24,6 @@ from webauthn.helpers import (
     base64url_to_bytes,
     bytes_to_base64url,
     parse_attestation_object,
-    parse_authenticator_data,
 )
 from webauthn.helpers.cose import COSEAlgorithmIdentifier
 from webauthn.helpers.exceptions import WebAuthnException
@@ -253,12 +252,6 @@ def verify_assertion(
     """Check an assertion (type, challenge, origin, RP id hash, UP, UV where required, signature) made
     with ``stored``. A counter that did not grow, when either side is non-zero, is a cloned
     authenticator (§6.1.1); both zero means the authenticator keeps no counter, which is allowed."""
-    received = _received_sign_count(credential)
-    if (received > 0 or stored.sign_count > 0) and received <= stored.sign_count:
-        # Checked here, before the signature: a clone's assertion is refused whatever else holds.
-        raise ClonedAuthenticator(
-            f"signature counter {received} is not above the stored {stored.sign_count}",
-        )
     try:
         verified = verify_authentication_response(
             credential=dict(credential),
@@ -266,26 +259,26 @@ def verify_assertion(
             expected_rp_id=relying_party.id,
             expected_origin=relying_party.origin,
             credential_public_key=stored.public_key,
-            credential_current_sign_count=stored.sign_count,
+            # The counter is compared below, once the signature holds (§7.2 step 21 follows step 20):
+            # only the credential's own key can report it, so a forged one never flags a clone.
+            credential_current_sign_count=0,
             require_user_verification=require_user_verification,
         )
     except (WebAuthnException, KeyError, TypeError, ValueError) as error:
         raise WebAuthnError(f"the authenticator's response was refused: {_reason(error)}") from None
     if verified.credential_id != stored.credential_id:
         raise WebAuthnError("the response was made with another credential")
+    received = verified.new_sign_count
+    if (received > 0 or stored.sign_count > 0) and received <= stored.sign_count:
+        raise ClonedAuthenticator(
+            f"signature counter {received} is not above the stored {stored.sign_count}",
+        )
     return Assertion(
         credential_id=verified.credential_id,
         new_sign_count=verified.new_sign_count,
         user_verified=bool(verified.user_verified),
         backed_up=bool(verified.credential_backed_up),
     )
-
-
-def _received_sign_count(credential: Mapping[str, Any]) -> int:
-    try:
-        return parse_authenticator_data(base64url_to_bytes(credential["response"]["authenticatorData"])).sign_count
-    except Exception:
-        raise WebAuthnError("the response carries no readable authenticator data") from None
 
 
 def _reason(error: Exception) -> str:

@@ -159,7 +159,8 @@ class WebAuthnMethod:
                 require_user_verification=require_uv,
             )
         except ClonedAuthenticator as error:
-            raise MethodCloned(error.detail, method_id=record.id) from None
+            # The service believes it only of a response to a challenge it issued here, unused.
+            raise MethodCloned(error.detail, method_id=record.id, challenge=challenge.hex()) from None
         counter = assertion.new_sign_count if (assertion.new_sign_count or stored.sign_count) else None
         return VerificationResult(
             method_id=record.id, amr=_amr(stored.backup_eligible), counter=counter, challenge=challenge

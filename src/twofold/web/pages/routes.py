@@ -322,11 +322,12 @@ async def verify_submit(request: Request) -> Response:
         attempts_left = error.extra.get("attempts_left")
         message = _problem_message(error)
         if error.code == "invalid_code":
-            message = (
-                "That code was already used. Wait for the next code."
-                if error.detail == CodeAlreadyUsed.title
-                else "That code did not work."
-            )
+            if verification_type == "webauthn":
+                message = "Your authenticator's answer was not accepted."
+            elif error.detail == CodeAlreadyUsed.title:
+                message = "That code was already used. Wait for the next code."
+            else:
+                message = "That code did not work."
             if attempts_left is not None:
                 message += f" {attempts_left} attempt{'s' if attempts_left != 1 else ''} left."
         if attempts_left == 0 or isinstance(error, RateLimited):

@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("challenge_hash", sa.String(length=64), nullable=False),
         sa.Column("login_transaction_id", sa.String(length=32), nullable=True),
         sa.Column("session_id", sa.String(length=32), nullable=True),
+        sa.Column("method_type", sa.String(length=32), nullable=True),
         sa.Column("expires_at", twofold.storage.tables.UTCDateTime(timezone=True), nullable=False),
         sa.Column("used_at", twofold.storage.tables.UTCDateTime(timezone=True), nullable=True),
         sa.Column("created_at", twofold.storage.tables.UTCDateTime(timezone=True), nullable=False),
