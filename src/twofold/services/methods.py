@@ -13,7 +13,7 @@ from typing import Any
 
 from twofold.domain.clock import as_utc, utcnow
 from twofold.domain.entities import MethodStatus, User, VerificationMethodRecord
-from twofold.domain.errors import Forbidden, NotFound, VerificationError
+from twofold.domain.errors import Conflict, Forbidden, NotFound, VerificationError
 from twofold.domain.ports import Notifier, UnitOfWorkFactory
 from twofold.domain.rules import clean_display_name
 from twofold.methods.registry import MethodRegistry
@@ -140,6 +140,32 @@ class MethodService:
             completed = EnrollmentCompleted(method=record, recovery_codes=codes)
         self._tell(user, f"A verification method was added to your account: {record.name}.")
         return completed
+
+    def rename(
+        self, principal: Principal, method_id: str, *, name: str, context: RequestContext
+    ) -> VerificationMethodRecord:
+        """Rename one of the user's active methods: 1–64 printable characters, trimmed, unique per user.
+        A rename changes no factor, so it needs no step-up."""
+        self._require_own_methods(principal)
+        clean_name = clean_display_name(name)
+        with self.uow() as uow:
+            record = uow.methods.get(method_id) if isinstance(method_id, str) else None
+            if record is None or record.user_id != principal.user.id or not record.is_active:
+                raise NotFound("no such verification method")
+            others = [m for m in uow.methods.active_for_user(principal.user.id) if m.id != record.id]
+            if any(m.name.casefold() == clean_name.casefold() for m in others):
+                raise Conflict(f"you already have a verification method named {clean_name!r}")
+            old_name, record.name = record.name, clean_name
+            audit.record(
+                uow,
+                "method.renamed",
+                organization_id=principal.user.organization_id,
+                subject_id=principal.user.id,
+                actor_id=principal.user.id,
+                ip=context.ip,
+                details={"method_id": record.id, "method_type": record.type, "from": old_name, "to": clean_name},
+            )
+            return record
 
     def regenerate_recovery_codes(self, principal: Principal, *, context: RequestContext) -> list[str]:
         """A new set of recovery codes; the earlier ones stop working (API.md, needs step-up)."""

@@ -13,6 +13,7 @@ from .schemas import (
     PROBLEM_RESPONSES,
     MethodCompleteBody,
     MethodEnrollBody,
+    MethodRenameBody,
     PasswordChangeBody,
     StepUpBody,
     StepUpWebAuthnOptionsBody,
@@ -95,6 +96,13 @@ def complete_method(
     if completed.recovery_codes:
         result["recovery_codes"] = completed.recovery_codes
     return JSONResponse(result, headers=_NO_STORE)
+
+
+@router.patch("/methods/{method_id}", summary="Rename a verification method")
+def rename_method(
+    method_id: str, body: MethodRenameBody, principal: CurrentPrincipal, twofold: App, context: Context
+) -> dict[str, Any]:
+    return method_view(twofold.methods.rename(principal, method_id[:64], name=body.name, context=context))
 
 
 @router.post("/recovery-codes", status_code=201, summary="New recovery codes, replacing the earlier ones (step-up)")

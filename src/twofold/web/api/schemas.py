@@ -102,6 +102,10 @@ class MethodEnrollBody(Body):
     name: Annotated[str, StringConstraints(max_length=256)] = ""
 
 
+class MethodRenameBody(Body):
+    name: Annotated[str, StringConstraints(max_length=256)]
+
+
 class MethodCompleteBody(BaseModel):
     # The proof's fields belong to the method (totp {code}, webauthn {credential}, push {}).
     model_config = ConfigDict(extra="allow")
