@@ -13,7 +13,7 @@ from typing import Any
 
 from twofold.domain.clock import as_utc, utcnow
 from twofold.domain.entities import MethodStatus, User, VerificationMethodRecord
-from twofold.domain.errors import Conflict, Forbidden, NotFound, VerificationError
+from twofold.domain.errors import Conflict, Forbidden, LastMethod, NotFound, VerificationError
 from twofold.domain.ports import Notifier, UnitOfWorkFactory
 from twofold.domain.rules import clean_display_name
 from twofold.methods.registry import MethodRegistry
@@ -166,6 +166,31 @@ class MethodService:
                 details={"method_id": record.id, "method_type": record.type, "from": old_name, "to": clean_name},
             )
             return record
+
+    def remove(self, principal: Principal, method_id: str, *, context: RequestContext) -> None:
+        """Remove one of the user's methods (R6). Checked in API.md's order: 404, 409 last_method, 403
+        step_up_required; under the per-user lock, so two parallel removals never take the last two."""
+        self._require_own_methods(principal)
+        with self.uow() as uow:
+            user = uow.users.get_for_update(principal.user.id)
+            assert user is not None
+            record = uow.methods.get(method_id) if isinstance(method_id, str) else None
+            if record is None or record.user_id != user.id or not record.is_active:
+                raise NotFound("no such verification method")
+            if uow.methods.count_active(user.id) <= 1:
+                raise LastMethod("this is your last verification method: add another before removing it")
+            self.sessions.require_step_up(principal)
+            uow.methods.delete(record)
+            audit.record(
+                uow,
+                "method.removed",
+                organization_id=user.organization_id,
+                subject_id=user.id,
+                actor_id=user.id,
+                ip=context.ip,
+                details={"method_id": record.id, "method_type": record.type, "name": record.name},
+            )
+        self._tell(user, f"A verification method was removed from your account: {record.name}.")
 
     def regenerate_recovery_codes(self, principal: Principal, *, context: RequestContext) -> list[str]:
         """A new set of recovery codes; the earlier ones stop working (API.md, needs step-up)."""

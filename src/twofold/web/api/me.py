@@ -105,6 +105,12 @@ def rename_method(
     return method_view(twofold.methods.rename(principal, method_id[:64], name=body.name, context=context))
 
 
+@router.delete("/methods/{method_id}", status_code=204, summary="Remove a verification method (not the last; step-up)")
+def remove_method(method_id: str, principal: CurrentPrincipal, twofold: App, context: Context) -> Response:
+    twofold.methods.remove(principal, method_id[:64], context=context)
+    return Response(status_code=204)
+
+
 @router.post("/recovery-codes", status_code=201, summary="New recovery codes, replacing the earlier ones (step-up)")
 def recovery_codes(principal: CurrentPrincipal, twofold: App, context: Context) -> JSONResponse:
     codes = twofold.methods.regenerate_recovery_codes(principal, context=context)
