@@ -24,6 +24,7 @@ from twofold.domain.entities import (
     Challenge,
     LoginTransaction,
     MethodStatus,
+    Organization,
     TransactionState,
     User,
     VerificationMethodRecord,
@@ -44,7 +45,7 @@ from twofold.domain.errors import (
 )
 from twofold.domain.ports import Notifier, UnitOfWork, UnitOfWorkFactory
 from twofold.domain.rules import clean_display_name, exemption_applies, mfa_amr, username_key
-from twofold.domain.verification import MethodContext, VerificationMethod, VerificationResult
+from twofold.domain.verification import EnrollmentStart, MethodContext, VerificationMethod, VerificationResult
 from twofold.methods import recovery_codes
 from twofold.methods.registry import MethodRegistry
 
@@ -607,36 +608,69 @@ class LoginService:
     def begin_enrollment(
         self, *, transaction_token: str, method_type: str, name: str, context: RequestContext
     ) -> EnrollmentStarted:
-        method = self.registry.method(method_type)
+        self.registry.method(method_type)  # an unknown type is a 422 before anything else
         with self.uow(read_only=True) as uow:
             _, user = self._enrollment_transaction(uow, transaction_token, now=utcnow())
             organization = uow.organizations.get(user.organization_id)
-        method_context = self.method_context(organization, context)
-        if not method.available(method_context):
-            raise Forbidden(f"{method.display_name} is not offered by this server")
-        # Secrets, QR codes and options are made before the write transaction: drawing a QR code takes
-        # tens of milliseconds, and SQLite has one writer at a time.
-        started = method.begin_enrollment(
-            user=user, name=clean_display_name(name or method.display_name), context=method_context
-        )
+        started = self.prepare_enrollment(user, organization, method_type=method_type, name=name, context=context)
         now = utcnow()
         with self.uow() as uow:
             transaction, user = self._enrollment_transaction(uow, transaction_token, now=now)
-            record = started.record
-            record.status = MethodStatus.PENDING.value
-            record.expires_at = min(now + ENROLLMENT_LIFETIME, as_utc(transaction.expires_at))
-            record.login_transaction_id = transaction.id
-            uow.methods.add(record)
-            audit.record(
+            return self.store_pending(
                 uow,
-                "enrollment.started",
-                organization_id=user.organization_id,
-                subject_id=user.id,
-                actor_id=user.id,
-                ip=context.ip,
-                details={"method_type": method_type, "during_login": True},
+                user,
+                started,
+                expires_at=min(now + ENROLLMENT_LIFETIME, as_utc(transaction.expires_at)),
+                login_transaction_id=transaction.id,
+                context=context,
             )
-            return EnrollmentStarted(record.id, method_type, record.name, record.expires_at, started.client_data)
+
+    def prepare_enrollment(
+        self,
+        user: User,
+        organization: Organization | None,
+        *,
+        method_type: str,
+        name: str,
+        context: RequestContext,
+        existing: Sequence[VerificationMethodRecord] = (),
+    ) -> EnrollmentStart:
+        """The first phase of an enrollment, made before any write transaction: secrets, QR codes and
+        options take tens of milliseconds, and SQLite has one writer at a time."""
+        method = self.registry.method(method_type)
+        method_context = self.method_context(organization, context)
+        if not method.available(method_context):
+            raise Forbidden(f"{method.display_name} is not offered by this server")
+        return method.begin_enrollment(
+            user=user, name=clean_display_name(name or method.display_name), context=method_context, existing=existing
+        )
+
+    @staticmethod
+    def store_pending(
+        uow: UnitOfWork,
+        user: User,
+        started: EnrollmentStart,
+        *,
+        expires_at: datetime,
+        login_transaction_id: str | None,
+        context: RequestContext,
+    ) -> EnrollmentStarted:
+        """Keep a prepared enrollment as a pending method until its proof arrives (or it expires)."""
+        record = started.record
+        record.status = MethodStatus.PENDING.value
+        record.expires_at = expires_at
+        record.login_transaction_id = login_transaction_id
+        uow.methods.add(record)
+        audit.record(
+            uow,
+            "enrollment.started",
+            organization_id=user.organization_id,
+            subject_id=user.id,
+            actor_id=user.id,
+            ip=context.ip,
+            details={"method_type": record.type, "during_login": login_transaction_id is not None},
+        )
+        return EnrollmentStarted(record.id, record.type, record.name, record.expires_at, started.client_data)
 
     def complete_enrollment(
         self, *, transaction_token: str, enrollment_id: str, proof: Mapping[str, Any], context: RequestContext

@@ -54,7 +54,7 @@ class MethodService:
             raise Forbidden("single sign-on accounts verify at their identity provider")
 
     def begin(self, principal: Principal, *, method_type: str, name: str, context: RequestContext) -> EnrollmentStarted:
-        method = self.registry.method(method_type)
+        self.registry.method(method_type)  # an unknown type is a 422 before anything else
         self._require_own_methods(principal)
         self.sessions.require_step_up(principal)
         with self.uow(read_only=True) as uow:
@@ -62,29 +62,18 @@ class MethodService:
             assert user is not None
             organization = uow.organizations.get(user.organization_id)
             existing = list(uow.methods.active_for_user(user.id))
-        method_context = self.login.method_context(organization, context)
-        if not method.available(method_context):
-            raise Forbidden(f"{method.display_name} is not offered by this server")
-        # Prepared outside the write transaction (a QR code takes tens of milliseconds to draw).
-        started = method.begin_enrollment(
-            user=user, name=clean_display_name(name or method.display_name), context=method_context, existing=existing
+        started = self.login.prepare_enrollment(
+            user, organization, method_type=method_type, name=name, context=context, existing=existing
         )
-        now = utcnow()
         with self.uow() as uow:
-            record = started.record
-            record.status = MethodStatus.PENDING.value
-            record.expires_at = now + ENROLLMENT_LIFETIME
-            uow.methods.add(record)
-            audit.record(
+            return self.login.store_pending(
                 uow,
-                "enrollment.started",
-                organization_id=user.organization_id,
-                subject_id=user.id,
-                actor_id=user.id,
-                ip=context.ip,
-                details={"method_type": method_type, "during_login": False},
+                user,
+                started,
+                expires_at=utcnow() + ENROLLMENT_LIFETIME,
+                login_transaction_id=None,
+                context=context,
             )
-            return EnrollmentStarted(record.id, method_type, record.name, record.expires_at, started.client_data)
 
     def complete(
         self, principal: Principal, *, enrollment_id: str, proof: Mapping[str, Any], context: RequestContext
