@@ -14,6 +14,7 @@ from twofold.services.accounts import AccountService
 from twofold.services.admin import AdminService
 from twofold.services.context import RequestContext
 from twofold.services.crypto import AesGcmSealer, TokenMac
+from twofold.services.exemptions import ExemptionService
 from twofold.services.login import LoginService
 from twofold.services.maintenance import MaintenanceService
 from twofold.services.methods import MethodService
@@ -40,6 +41,7 @@ class Twofold:
     login: LoginService
     accounts: AccountService
     admin: AdminService
+    exemptions: ExemptionService
     step_up: StepUpService
     methods: MethodService
     maintenance: MaintenanceService
@@ -90,7 +92,8 @@ def build(settings: Settings | None = None, *, registry: MethodRegistry | None =
     accounts = AccountService(
         settings=settings, uow=uow, passwords=passwords, sessions=sessions, throttle=throttle, notifier=notifier
     )
-    admin = AdminService(settings=settings, uow=uow, sessions=sessions, throttle=throttle)
+    admin = AdminService(settings=settings, uow=uow, sessions=sessions, throttle=throttle, notifier=notifier)
+    exemptions = ExemptionService(settings=settings, uow=uow, admin=admin, sessions=sessions)
     step_up = StepUpService(uow=uow, registry=registry, sessions=sessions, throttle=throttle, login=login)
     methods = MethodService(uow=uow, registry=registry, sessions=sessions, login=login, notifier=notifier)
     maintenance = MaintenanceService(settings=settings, uow=uow, sealer=sealer)
@@ -107,6 +110,7 @@ def build(settings: Settings | None = None, *, registry: MethodRegistry | None =
         login=login,
         accounts=accounts,
         admin=admin,
+        exemptions=exemptions,
         step_up=step_up,
         methods=methods,
         maintenance=maintenance,

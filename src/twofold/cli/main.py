@@ -168,6 +168,19 @@ def cmd_users_unlock(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users_reset_mfa(args: argparse.Namespace) -> int:
+    twofold = _container(_settings())
+    try:
+        user = twofold.admin.reset_mfa_by_operator(args.username)
+    finally:
+        twofold.close()
+    print(
+        f"Reset the multi-factor authentication of {user.username}: methods and recovery codes deleted, "
+        "sessions ended. The next sign-in asks for a new verification method."
+    )
+    return 0
+
+
 def cmd_secrets_rotate(args: argparse.Namespace) -> int:
     settings = _settings()
     if settings.old_secret_keys is None:
@@ -236,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     unlock = users.add_parser("unlock", help="lift a second-factor lock (break-glass, audited)")
     unlock.add_argument("username", metavar="USERNAME")
     unlock.set_defaults(handler=cmd_users_unlock)
+    reset_mfa = users.add_parser(
+        "reset-mfa", help="delete a user's verification methods and end their sessions (break-glass, audited)"
+    )
+    reset_mfa.add_argument("username", metavar="USERNAME")
+    reset_mfa.set_defaults(handler=cmd_users_reset_mfa)
 
     secrets_parser = sub.add_parser("secrets", help="secrets at rest").add_subparsers(
         dest="secrets_command", required=True, metavar="COMMAND"

@@ -28,7 +28,7 @@ from twofold.domain.entities import (
     VerificationMethodRecord,
 )
 from twofold.domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from twofold.domain.ports import UnitOfWork, UnitOfWorkFactory
+from twofold.domain.ports import Notifier, UnitOfWork, UnitOfWorkFactory
 from twofold.domain.rules import clean_display_name, clean_email, exemption_applies, username_key
 
 from . import audit
@@ -66,6 +66,30 @@ class UserView:
 
 
 @dataclass
+class MfaReport:
+    """Users of an organization by MFA state, and active methods by type (the coverage report)."""
+
+    users: int
+    enrolled: int
+    pending_enrollment: int
+    exempt: int
+    sso: int
+    locked: int
+    disabled: int
+    # method type -> (active methods, users holding one)
+    methods_by_type: dict[str, tuple[int, int]]
+
+
+@dataclass
+class Attention:
+    """What an administrator should look at: locked accounts, cloned authenticators, disabled accounts."""
+
+    locked: list[UserView]
+    cloned_authenticator: list[UserView]
+    disabled: list[UserView]
+
+
+@dataclass
 class Page:
     items: list[Any]
     next_cursor: str | None
@@ -73,16 +97,23 @@ class Page:
 
 class AdminService:
     def __init__(
-        self, *, settings: Settings, uow: UnitOfWorkFactory, sessions: SessionService, throttle: Throttle
+        self,
+        *,
+        settings: Settings,
+        uow: UnitOfWorkFactory,
+        sessions: SessionService,
+        throttle: Throttle,
+        notifier: Notifier,
     ) -> None:
         self.settings = settings
         self.uow = uow
         self.sessions = sessions
         self.throttle = throttle
+        self.notifier = notifier
 
     # -- permission checks -----------------------------------------------------------------------
 
-    def _authorize(
+    def authorize(
         self, uow: UnitOfWork, principal: Principal, organization_id: str, scope: str, *, step_up: bool = False
     ) -> Organization:
         organization = uow.organizations.get(organization_id)
@@ -122,14 +153,14 @@ class AdminService:
 
     def organization_tree(self, principal: Principal, organization_id: str) -> tuple[Organization, list[Organization]]:
         with self.uow(read_only=True) as uow:
-            organization = self._authorize(uow, principal, organization_id, "users:read")
+            organization = self.authorize(uow, principal, organization_id, "users:read")
             return organization, list(uow.organizations.in_tree(organization.root_id))
 
     def create_business_group(
         self, principal: Principal, organization_id: str, *, name: str, parent_id: str | None, context: RequestContext
     ) -> Organization:
         with self.uow() as uow:
-            organization = self._authorize(uow, principal, organization_id, "users:write")
+            organization = self.authorize(uow, principal, organization_id, "users:write")
             parent = uow.organizations.get(parent_id or organization.id)
             if parent is None or parent.root_id != organization.root_id:
                 raise NotFound("no such parent business group")
@@ -151,14 +182,14 @@ class AdminService:
 
     def identity_providers(self, principal: Principal, organization_id: str) -> list[IdentityProvider]:
         with self.uow(read_only=True) as uow:
-            organization = self._authorize(uow, principal, organization_id, "users:read")
+            organization = self.authorize(uow, principal, organization_id, "users:read")
             return list(uow.identity_providers.for_organization(organization.root_id))
 
     # -- users -----------------------------------------------------------------------------------
 
     def authorize_user_write(self, principal: Principal, organization_id: str) -> Organization:
         with self.uow(read_only=True) as uow:
-            return self._authorize(uow, principal, organization_id, "users:write")
+            return self.authorize(uow, principal, organization_id, "users:write")
 
     def list_users(
         self, principal: Principal, organization_id: str, *, query: str | None, limit: int, cursor: str | None
@@ -167,7 +198,7 @@ class AdminService:
             raise ValidationFailed(f"limit must be between 1 and {MAX_PAGE}")
         after = decode_cursor(cursor, 1)[0] if cursor else None
         with self.uow(read_only=True) as uow:
-            organization = self._authorize(uow, principal, organization_id, "users:read")
+            organization = self.authorize(uow, principal, organization_id, "users:read")
             search = username_key(query.strip()) if query and query.strip() else None
             users = list(uow.users.page(organization.root_id, query=search, limit=limit + 1, after=after))
             more = len(users) > limit
@@ -177,7 +208,7 @@ class AdminService:
 
     def get_user(self, principal: Principal, organization_id: str, user_id: str) -> UserView:
         with self.uow(read_only=True) as uow:
-            organization = self._authorize(uow, principal, organization_id, "users:read")
+            organization = self.authorize(uow, principal, organization_id, "users:read")
             user = self._user_in(uow, organization, user_id)
             return self._views(uow, organization, [user])[0]
 
@@ -212,7 +243,7 @@ class AdminService:
         self, principal: Principal, organization_id: str, user_id: str, changes: dict[str, Any], context: RequestContext
     ) -> UserView:
         with self.uow() as uow:
-            organization = self._authorize(uow, principal, organization_id, "users:write")
+            organization = self.authorize(uow, principal, organization_id, "users:write")
             user = self._user_in(uow, organization, user_id)
             before: dict[str, Any] = {}
             if "display_name" in changes:
@@ -256,6 +287,115 @@ class AdminService:
         if not any(other is not None and other.is_active for other in others):
             raise Conflict("the organization must keep at least one active Organization Administrator")
 
+    # -- MFA reset (R7) ---------------------------------------------------------------------------
+
+    def reset_mfa(self, principal: Principal, organization_id: str, user_id: str, context: RequestContext) -> None:
+        """R7: every method and recovery code of the user is deleted, every session and open login
+        transaction ends, the user is told, and the next login forces enrollment (R3). The
+        administrator never sees or sets a factor."""
+        with self.uow() as uow:
+            organization = self.authorize(uow, principal, organization_id, "mfa:reset", step_up=True)
+            user = uow.users.get_for_update(user_id) if isinstance(user_id, str) else None
+            if user is None or user.organization_id != organization.root_id:
+                raise NotFound("no such user")
+            if user.is_federated:
+                raise ValidationFailed(
+                    "single sign-on accounts have no local verification methods: their MFA is reset at "
+                    "their identity provider"
+                )
+            self._reset(uow, user, actor_id=principal.user_id, context=context)
+        self._tell_reset(user)
+
+    def reset_mfa_by_operator(self, username: str) -> User:
+        """`twofold users reset-mfa`: the operator's break-glass on the server, audited as such."""
+        with self.uow() as uow:
+            found = uow.users.by_username_key(username_key(username.strip()))
+            user = uow.users.get_for_update(found.id) if found is not None else None
+            if user is None:
+                raise NotFound(f"no user named {username!r}")
+            if user.is_federated:
+                raise ValidationFailed(f"{user.username} signs in through single sign-on and has no local methods")
+            self._reset(uow, user, actor_id=None, context=RequestContext(ip=None))
+        self._tell_reset(user)
+        return user
+
+    def _reset(self, uow: UnitOfWork, user: User, *, actor_id: str | None, context: RequestContext) -> None:
+        now = utcnow()
+        deleted = uow.methods.delete_all_for_user(user.id)
+        codes = uow.recovery_codes.delete_for_user(user.id)
+        sessions_ended = self.sessions.end_all(uow, user.id, now=now)
+        audit.record(
+            uow,
+            "mfa.reset",
+            organization_id=user.organization_id,
+            actor_id=actor_id,
+            subject_id=user.id,
+            ip=context.ip,
+            details={
+                "by": actor_id or OPERATOR,
+                "methods_deleted": sum(1 for m in deleted if m.is_active),
+                "method_types": sorted({m.type for m in deleted if m.is_active}),
+                "recovery_codes_deleted": codes,
+                "sessions_ended": sessions_ended,
+            },
+        )
+
+    def _tell_reset(self, user: User) -> None:
+        if user.email:
+            self.notifier.notify(
+                to=user.email,
+                subject="Your multi-factor authentication was reset",
+                body=(
+                    f"Hello {user.display_name or user.username},\n\n"
+                    "An administrator reset the multi-factor authentication of your Twofold account: your "
+                    "verification methods and recovery codes were removed and you were signed out everywhere.\n"
+                    "The next time you sign in, you will be asked to register a verification method.\n\n"
+                    "If you did not ask for this, contact your administrator at once.\n"
+                ),
+            )
+
+    # -- what needs attention, coverage ---------------------------------------------------------
+
+    def attention(self, principal: Principal, organization_id: str) -> Attention:
+        with self.uow(read_only=True) as uow:
+            organization = self.authorize(uow, principal, organization_id, "users:read")
+            users = list(uow.users.in_organization(organization.root_id))
+            cloned = uow.methods.users_with_cloned(organization.root_id)
+            picked = [u for u in users if u.locked_at is not None or u.id in cloned or not u.is_active]
+            views = {v.user.id: v for v in self._views(uow, organization, picked)}
+        return Attention(
+            locked=[views[u.id] for u in picked if u.locked_at is not None],
+            cloned_authenticator=[views[u.id] for u in picked if u.id in cloned],
+            disabled=[views[u.id] for u in picked if not u.is_active],
+        )
+
+    def mfa_report(self, principal: Principal, organization_id: str) -> MfaReport:
+        now = utcnow()
+        cutoff = self.settings.user_exemption_cutoff
+        with self.uow(read_only=True) as uow:
+            organization = self.authorize(uow, principal, organization_id, "users:read")
+            users = list(uow.users.in_organization(organization.root_id))
+            exemptions = uow.exemptions.for_users([u.id for u in users])
+            with_method = uow.methods.users_with_active(organization.root_id)
+            by_type = uow.methods.count_active_by_type(organization.root_id)
+        counts = {"enrolled": 0, "pending_enrollment": 0, "exempt": 0, "sso": 0}
+        for user in users:
+            if user.is_federated:
+                counts["sso"] += 1
+            elif exemption_applies(user, exemptions.get(user.id), now=now, cutoff=cutoff):
+                counts["exempt"] += 1
+            elif user.id in with_method:
+                counts["enrolled"] += 1
+            else:
+                counts["pending_enrollment"] += 1
+        return MfaReport(
+            users=len(users),
+            locked=sum(1 for u in users if u.locked_at is not None),
+            disabled=sum(1 for u in users if not u.is_active),
+            methods_by_type=dict(sorted(by_type.items())),
+            **counts,
+        )
+
     # -- unlock ----------------------------------------------------------------------------------
 
     def update_webauthn_policy(
@@ -264,7 +404,7 @@ class AdminService:
         """The root organization's WebAuthn attestation policy: "none", or "direct" with an optional
         allow-list of authenticator models (AAGUIDs). It applies to registrations from now on."""
         with self.uow() as uow:
-            organization = self._authorize(uow, principal, organization_id, "users:write", step_up=True)
+            organization = self.authorize(uow, principal, organization_id, "users:write", step_up=True)
             if not organization.is_root:
                 raise ValidationFailed("the WebAuthn policy belongs to the root organization")
             if "webauthn_attestation" in changes and changes["webauthn_attestation"] is not None:
@@ -293,7 +433,7 @@ class AdminService:
 
     def unlock(self, principal: Principal, organization_id: str, user_id: str, context: RequestContext) -> None:
         with self.uow() as uow:
-            organization = self._authorize(uow, principal, organization_id, "users:write", step_up=True)
+            organization = self.authorize(uow, principal, organization_id, "users:write", step_up=True)
             user = self._user_in(uow, organization, user_id)
             self._unlock(uow, user, actor_id=principal.user_id, context=context)
 
@@ -326,7 +466,7 @@ class AdminService:
         self, principal: Principal, organization_id: str, user_id: str, context: RequestContext
     ) -> None:
         with self.uow() as uow:
-            organization = self._authorize(uow, principal, organization_id, "users:write", step_up=True)
+            organization = self.authorize(uow, principal, organization_id, "users:write", step_up=True)
             user = uow.users.get_for_update(user_id)
             if user is None or user.organization_id != organization.root_id:
                 raise NotFound("no such user")
@@ -359,7 +499,7 @@ class AdminService:
         self, principal: Principal, organization_id: str, user_id: str, context: RequestContext
     ) -> None:
         with self.uow() as uow:
-            organization = self._authorize(uow, principal, organization_id, "users:write", step_up=True)
+            organization = self.authorize(uow, principal, organization_id, "users:write", step_up=True)
             user = self._user_in(uow, organization, user_id)
             permission = uow.permissions.find(user.id, organization.root_id, ORGANIZATION_ADMINISTRATOR)
             if permission is None:
@@ -404,7 +544,7 @@ class AdminService:
             except ValueError:
                 raise ValidationFailed("cursor is not one this server gave out") from None
         with self.uow(read_only=True) as uow:
-            organization = self._authorize(uow, principal, organization_id, "audit:read")
+            organization = self.authorize(uow, principal, organization_id, "audit:read")
             events: list[AuditEvent] = list(
                 uow.audit.page(
                     organization.root_id, type=type, user_id=user_id, since=since, limit=limit + 1, after=after

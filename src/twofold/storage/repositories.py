@@ -97,6 +97,16 @@ class UserRepository(_Repository):
     def all_ids(self) -> Sequence[str]:
         return self.s.scalars(select(t.users.c.id)).all()
 
+    def in_organization(self, organization_id: str) -> Sequence[e.User]:
+        c = t.users.c
+        return self.s.scalars(select(e.User).where(c.organization_id == organization_id).order_by(c.username_key)).all()
+
+    def by_ids(self, user_ids: Sequence[str]) -> dict[str, e.User]:
+        if not user_ids:
+            return {}
+        rows = self.s.scalars(select(e.User).where(t.users.c.id.in_(list(user_ids)))).all()
+        return {row.id: row for row in rows}
+
 
 class PermissionRepository(_Repository):
     def add(self, permission: e.Permission) -> None:
@@ -133,6 +143,18 @@ class ExemptionRepository(_Repository):
             return {}
         rows = self.s.scalars(select(e.Exemption).where(t.exemptions.c.user_id.in_(list(user_ids)))).all()
         return {row.user_id: row for row in rows}
+
+    def for_provider(self, identity_provider_id: str) -> Sequence[e.Exemption]:
+        c = t.exemptions.c
+        return self.s.scalars(
+            select(e.Exemption).where(c.identity_provider_id == identity_provider_id).order_by(c.exempted_at)
+        ).all()
+
+    def add(self, exemption: e.Exemption) -> None:
+        self.s.add(exemption)
+
+    def delete(self, exemption: e.Exemption) -> None:
+        self.s.delete(exemption)
 
 
 class MethodRepository(_Repository):
@@ -179,6 +201,51 @@ class MethodRepository(_Repository):
 
     def delete(self, record: e.VerificationMethodRecord) -> None:
         self.s.delete(record)
+
+    def delete_all_for_user(self, user_id: str) -> Sequence[e.VerificationMethodRecord]:
+        """Every method of the user, active or pending (R7 reset); returns what was deleted."""
+        records = self.s.scalars(
+            select(e.VerificationMethodRecord).where(t.verification_methods.c.user_id == user_id)
+        ).all()
+        for record in records:
+            self.s.delete(record)
+        self.s.flush()
+        return records
+
+    def count_active_by_type(self, organization_id: str) -> dict[str, tuple[int, int]]:
+        """Per method type: (active methods, users holding one) in an organization."""
+        m, u = t.verification_methods.c, t.users.c
+        rows = self.s.execute(
+            select(m.type, func.count(), func.count(func.distinct(m.user_id)))
+            .select_from(t.verification_methods.join(t.users, u.id == m.user_id))
+            .where(u.organization_id == organization_id, m.status == e.MethodStatus.ACTIVE.value)
+            .group_by(m.type)
+        ).all()
+        return {row[0]: (int(row[1]), int(row[2])) for row in rows}
+
+    def users_with_active(self, organization_id: str) -> set[str]:
+        m, u = t.verification_methods.c, t.users.c
+        return set(
+            self.s.scalars(
+                select(func.distinct(m.user_id))
+                .select_from(t.verification_methods.join(t.users, u.id == m.user_id))
+                .where(u.organization_id == organization_id, m.status == e.MethodStatus.ACTIVE.value)
+            ).all()
+        )
+
+    def users_with_cloned(self, organization_id: str) -> set[str]:
+        m, u = t.verification_methods.c, t.users.c
+        return set(
+            self.s.scalars(
+                select(func.distinct(m.user_id))
+                .select_from(t.verification_methods.join(t.users, u.id == m.user_id))
+                .where(
+                    u.organization_id == organization_id,
+                    m.status == e.MethodStatus.ACTIVE.value,
+                    m.cloned_at.is_not(None),
+                )
+            ).all()
+        )
 
     def all_sealed(self) -> Sequence[e.VerificationMethodRecord]:
         c = t.verification_methods.c

@@ -1,4 +1,5 @@
-"""Administration API (API.md "Administration"): the organization, users, unlock, grants, audit."""
+"""Administration API (API.md "Administration"): the organization, users, MFA reset, unlock, grants,
+exempt accounts, audit, the MFA coverage report."""
 
 from __future__ import annotations
 
@@ -14,9 +15,18 @@ from twofold.domain.clock import as_utc
 from twofold.domain.entities import AuditEvent, Organization
 from twofold.domain.errors import ValidationFailed
 from twofold.services.admin import UserView
+from twofold.services.exemptions import ExemptionView
 
 from ..deps import App, Context, CurrentPrincipal
-from .schemas import PROBLEM_RESPONSES, BusinessGroupBody, CreateUserBody, OrganizationPolicyBody, UpdateUserBody, ts
+from .schemas import (
+    PROBLEM_RESPONSES,
+    BusinessGroupBody,
+    CreateUserBody,
+    ExemptionBody,
+    OrganizationPolicyBody,
+    UpdateUserBody,
+    ts,
+)
 
 router = APIRouter(prefix="/api/v1/organizations/{org}", tags=["administration"], responses=PROBLEM_RESPONSES)
 
@@ -184,6 +194,42 @@ def unlock(org: str, user_id: str, principal: CurrentPrincipal, twofold: App, co
     return Response(status_code=204)
 
 
+@router.post("/users/{user_id}/mfa/reset", status_code=204, summary="Reset the user's MFA (R7) ★")
+def reset_mfa(org: str, user_id: str, principal: CurrentPrincipal, twofold: App, context: Context) -> Response:
+    twofold.admin.reset_mfa(principal, org, user_id, context)
+    return Response(status_code=204)
+
+
+@router.get("/attention", summary="Accounts that need an administrator: locked, cloned authenticator, disabled")
+def attention(org: str, principal: CurrentPrincipal, twofold: App) -> dict[str, Any]:
+    found = twofold.admin.attention(principal, org)
+    return {
+        "locked": [user_body(v) for v in found.locked],
+        "cloned_authenticator": [user_body(v) for v in found.cloned_authenticator],
+        "disabled": [user_body(v) for v in found.disabled],
+    }
+
+
+@router.get("/mfa-report", summary="Users by MFA state and active methods by type")
+def mfa_report(org: str, principal: CurrentPrincipal, twofold: App) -> dict[str, Any]:
+    report = twofold.admin.mfa_report(principal, org)
+    return {
+        "users": report.users,
+        "by_state": {
+            "enrolled": report.enrolled,
+            "pending_enrollment": report.pending_enrollment,
+            "exempt": report.exempt,
+            "sso": report.sso,
+        },
+        "locked": report.locked,
+        "disabled": report.disabled,
+        "methods_by_type": {
+            method_type: {"methods": methods, "users": users}
+            for method_type, (methods, users) in report.methods_by_type.items()
+        },
+    }
+
+
 @router.put(
     "/users/{user_id}/permissions/organization_administrator",
     status_code=204,
@@ -214,6 +260,71 @@ def identity_providers(org: str, principal: CurrentPrincipal, twofold: App) -> l
         {"id": p.id, "type": p.type, "name": p.name, "issuer": p.issuer, "created_at": ts(p.created_at)}
         for p in twofold.admin.identity_providers(principal, org)
     ]
+
+
+def exemption_body(view: ExemptionView) -> dict[str, Any]:
+    return {
+        "user_id": view.user.id,
+        "username": view.user.username,
+        "kind": view.user.kind,
+        "service_type": view.user.service_type,
+        "exempted_at": ts(view.exemption.exempted_at),
+        "exempted_by": view.exemption.exempted_by,
+        "exempted_by_username": view.exempted_by.username if view.exempted_by else None,
+        "expires_at": ts(view.exemption.expires_at),
+        "days_left": view.days_left,
+        "in_force": view.in_force,
+    }
+
+
+@router.get("/identity-providers/local/exempt-accounts", summary="The exempt list of the local identity provider")
+def exempt_accounts(org: str, principal: CurrentPrincipal, twofold: App) -> list[dict[str, Any]]:
+    return [exemption_body(view) for view in twofold.exemptions.exempt_accounts(principal, org)]
+
+
+@router.get(
+    "/identity-providers/local/exempt-accounts/candidates",
+    summary="Accounts that may be exempted now: local test-automation and RPA service accounts",
+)
+def exempt_candidates(org: str, principal: CurrentPrincipal, twofold: App) -> list[dict[str, Any]]:
+    return [
+        {
+            "user_id": user.id,
+            "username": user.username,
+            "display_name": user.display_name,
+            "kind": user.kind,
+            "service_type": user.service_type,
+        }
+        for user in twofold.exemptions.candidates(principal, org)
+    ]
+
+
+@router.put(
+    "/identity-providers/local/exempt-accounts/{user_id}",
+    status_code=204,
+    summary="Exempt an account from MFA until expires_at (default 90 days, at most a year) ★",
+)
+def exempt_account(
+    org: str,
+    user_id: str,
+    principal: CurrentPrincipal,
+    twofold: App,
+    context: Context,
+    body: ExemptionBody | None = None,
+) -> Response:
+    expires_at = body.expires_at if body is not None else None
+    twofold.exemptions.exempt(principal, org, user_id, expires_at=expires_at, context=context)
+    return Response(status_code=204)
+
+
+@router.delete(
+    "/identity-providers/local/exempt-accounts/{user_id}",
+    status_code=204,
+    summary="Remove an exemption; the account's sessions end ★",
+)
+def remove_exemption(org: str, user_id: str, principal: CurrentPrincipal, twofold: App, context: Context) -> Response:
+    twofold.exemptions.remove(principal, org, user_id, context=context)
+    return Response(status_code=204)
 
 
 @router.get(

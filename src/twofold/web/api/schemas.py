@@ -168,6 +168,10 @@ class UpdateUserBody(Body):
     status: Literal["active", "disabled"] | None = None
 
 
+class ExemptionBody(Body):
+    expires_at: datetime | None = None
+
+
 class Problem(BaseModel):
     type: str
     title: str
