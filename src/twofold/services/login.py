@@ -642,8 +642,27 @@ class LoginService:
         if not method.available(method_context):
             raise Forbidden(f"{method.display_name} is not offered by this server")
         return method.begin_enrollment(
-            user=user, name=clean_display_name(name or method.display_name), context=method_context, existing=existing
+            user=user,
+            name=self.new_method_name(name, method.display_name, existing),
+            context=method_context,
+            existing=existing,
         )
+
+    @staticmethod
+    def new_method_name(name: str, default: str, existing: Sequence[VerificationMethodRecord]) -> str:
+        """Names are unique per user (API.md): a name given twice is refused; without one, the type's
+        name is numbered ("Authenticator app 2") so that two of a kind can be told apart."""
+        taken = {m.name.casefold() for m in existing}
+        if name and name.strip():
+            clean = clean_display_name(name)
+            if clean.casefold() in taken:
+                raise Conflict(f"you already have a verification method named {clean!r}")
+            return clean
+        candidate, number = default, 1
+        while candidate.casefold() in taken:
+            number += 1
+            candidate = f"{default} {number}"
+        return candidate
 
     @staticmethod
     def store_pending(

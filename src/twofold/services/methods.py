@@ -7,7 +7,7 @@ expires, ``complete`` activates it once its proof holds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,51 +135,79 @@ class MethodService:
     ) -> VerificationMethodRecord:
         """Rename one of the user's active methods: 1–64 printable characters, trimmed, unique per user.
         A rename changes no factor, so it needs no step-up."""
-        self._require_own_methods(principal)
-        clean_name = clean_display_name(name)
-        with self.uow() as uow:
-            record = uow.methods.get(method_id) if isinstance(method_id, str) else None
-            if record is None or record.user_id != principal.user.id or not record.is_active:
-                raise NotFound("no such verification method")
-            others = [m for m in uow.methods.active_for_user(principal.user.id) if m.id != record.id]
-            if any(m.name.casefold() == clean_name.casefold() for m in others):
-                raise Conflict(f"you already have a verification method named {clean_name!r}")
-            old_name, record.name = record.name, clean_name
-            audit.record(
-                uow,
-                "method.renamed",
-                organization_id=principal.user.organization_id,
-                subject_id=principal.user.id,
-                actor_id=principal.user.id,
-                ip=context.ip,
-                details={"method_id": record.id, "method_type": record.type, "from": old_name, "to": clean_name},
-            )
-            return record
+        return self.save_changes(principal, renames={method_id: name}, removals=(), context=context)[0]
 
     def remove(self, principal: Principal, method_id: str, *, context: RequestContext) -> None:
         """Remove one of the user's methods (R6). Checked in API.md's order: 404, 409 last_method, 403
         step_up_required; under the per-user lock, so two parallel removals never take the last two."""
+        self.save_changes(principal, renames={}, removals=(method_id,), context=context)
+
+    def save_changes(
+        self,
+        principal: Principal,
+        *,
+        renames: Mapping[str, str],
+        removals: Sequence[str],
+        context: RequestContext,
+    ) -> list[VerificationMethodRecord]:
+        """Renames and removals as one change, as the "Manage Your Verification Methods" page stages them
+        until "Save": all or nothing. Checked in API.md's order: an unknown method is 404, leaving no
+        active method is 409 last_method (R6), a removal without a recent step-up is 403; then each new
+        name must be valid and unique among the methods that remain. Returns the renamed methods."""
         self._require_own_methods(principal)
+        clean_names = {method_id: clean_display_name(name) for method_id, name in renames.items()}
         with self.uow() as uow:
+            # The per-user lock: two parallel saves never both see "another method remains".
             user = uow.users.get_for_update(principal.user.id)
             assert user is not None
-            record = uow.methods.get(method_id) if isinstance(method_id, str) else None
-            if record is None or record.user_id != user.id or not record.is_active:
-                raise NotFound("no such verification method")
-            if uow.methods.count_active(user.id) <= 1:
+            active = {m.id: m for m in uow.methods.active_for_user(user.id)}
+            for method_id in [*clean_names, *removals]:
+                if not isinstance(method_id, str) or method_id not in active:
+                    raise NotFound("no such verification method")
+            removed = [active[method_id] for method_id in dict.fromkeys(removals)]
+            if removed and len(active) - len(removed) < 1:
                 raise LastMethod("this is your last verification method: add another before removing it")
-            self.sessions.require_step_up(principal)
-            uow.methods.delete(record)
-            audit.record(
-                uow,
-                "method.removed",
-                organization_id=user.organization_id,
-                subject_id=user.id,
-                actor_id=user.id,
-                ip=context.ip,
-                details={"method_id": record.id, "method_type": record.type, "name": record.name},
-            )
-        self._tell(user, f"A verification method was removed from your account: {record.name}.")
+            if removed:
+                self.sessions.require_step_up(principal)
+            remaining = [m for m in active.values() if m.id not in removals]
+            final = {m.id: clean_names.get(m.id, m.name) for m in remaining}
+            seen: set[str] = set()
+            for name in final.values():
+                if name.casefold() in seen:
+                    raise Conflict(f"you already have a verification method named {name!r}")
+                seen.add(name.casefold())
+            renamed = []
+            for method_id, name in clean_names.items():
+                record = active[method_id]
+                if method_id in removals:
+                    continue
+                renamed.append(record)
+                if record.name == name:
+                    continue
+                old_name, record.name = record.name, name
+                audit.record(
+                    uow,
+                    "method.renamed",
+                    organization_id=user.organization_id,
+                    subject_id=user.id,
+                    actor_id=user.id,
+                    ip=context.ip,
+                    details={"method_id": record.id, "method_type": record.type, "from": old_name, "to": name},
+                )
+            for record in removed:
+                uow.methods.delete(record)
+                audit.record(
+                    uow,
+                    "method.removed",
+                    organization_id=user.organization_id,
+                    subject_id=user.id,
+                    actor_id=user.id,
+                    ip=context.ip,
+                    details={"method_id": record.id, "method_type": record.type, "name": record.name},
+                )
+        for record in removed:
+            self._tell(user, f"A verification method was removed from your account: {record.name}.")
+        return renamed
 
     def regenerate_recovery_codes(self, principal: Principal, *, context: RequestContext) -> list[str]:
         """A new set of recovery codes; the earlier ones stop working (API.md, needs step-up)."""

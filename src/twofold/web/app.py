@@ -21,6 +21,7 @@ from .api import admin as admin_api
 from .api import login as login_api
 from .api import me as me_api
 from .middleware import LimitsAndHeaders
+from .pages import common as page_common
 from .pages import routes as pages
 
 logger = logging.getLogger("twofold.web")
@@ -57,7 +58,7 @@ def create_app(
     app.include_router(me_api.router)
     app.include_router(admin_api.router)
     app.include_router(pages.router)
-    pages.mount_static(app)
+    page_common.mount_static(app)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:

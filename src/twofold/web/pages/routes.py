@@ -1,24 +1,17 @@
 """Server-rendered pages on the same services as the API. Labels are the contract of API.md "Web pages".
 
-Each form carries a CSRF token bound to a ``__Host-`` cookie and is refused from a foreign Origin.
 The password step gives the browser a login-transaction cookie; a completed authentication replaces it
 with a new session cookie, so the identifier changes at each step (DESIGN.md §3).
 """
 
 from __future__ import annotations
 
-import secrets
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 
-from twofold.container import Twofold
 from twofold.domain.clock import as_utc, utcnow
 from twofold.domain.entities import TokenPurpose
 from twofold.domain.errors import (
@@ -28,120 +21,38 @@ from twofold.domain.errors import (
     RateLimited,
     TransactionExpired,
     TwofoldError,
-    Unauthenticated,
     ValidationFailed,
 )
-from twofold.services.context import Principal
 from twofold.services.login import EnrollmentStarted, LoginOutcome
 
 from .. import problems
-from ..deps import CSRF_COOKIE, LOGIN_COOKIE, SESSION_COOKIE, api_csrf_token, origin_allowed, request_context
+from ..deps import LOGIN_COOKIE, SESSION_COOKIE, request_context
+from .common import (
+    WEBAUTHN_TYPES,
+    clear_cookie,
+    csrf_refused,
+    current_principal,
+    enrollment_page,
+    problem_message,
+    read_form,
+    recovery_codes_context,
+    render,
+    seconds_until,
+    set_cookie,
+    twofold_of,
+)
 
-_HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=str(_HERE / "templates"))
 router = APIRouter(include_in_schema=False)
-
-FORM_LIMIT = 64 * 1024
-WEBAUTHN_TYPES = ("platform_authenticator", "security_key")
-
-
-def mount_static(app: FastAPI) -> None:
-    app.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
-
-
-def _twofold(request: Request) -> Twofold:
-    return request.app.state.twofold  # type: ignore[no-any-return]
-
-
-# -- cookies and CSRF ----------------------------------------------------------------------------
-
-
-def _set_cookie(response: Response, name: str, value: str, *, max_age: int | None) -> None:
-    response.set_cookie(name, value, max_age=max_age, path="/", secure=True, httponly=True, samesite="lax")
-
-
-def _clear_cookie(response: Response, name: str) -> None:
-    response.delete_cookie(name, path="/", secure=True, httponly=True, samesite="lax")
-
-
-def _csrf_seed(request: Request) -> tuple[str, bool]:
-    seed = request.cookies.get(CSRF_COOKIE)
-    if seed and 20 <= len(seed) <= 100:
-        return seed, False
-    return secrets.token_urlsafe(32), True
-
-
-def _render(
-    request: Request,
-    template: str,
-    context: dict[str, Any] | None = None,
-    *,
-    status: int = 200,
-    principal: Principal | None = None,
-) -> HTMLResponse:
-    twofold = _twofold(request)
-    seed, fresh = _csrf_seed(request)
-    values: dict[str, Any] = {
-        "csrf_token": twofold.mac.sign(f"form-csrf:{seed}"),
-        "principal": principal,
-        "api_csrf_token": api_csrf_token(twofold, principal.session.id) if principal and principal.session else None,
-        **(context or {}),
-    }
-    response = templates.TemplateResponse(request, template, values, status_code=status)
-    response.headers["Cache-Control"] = "no-store"
-    if fresh:
-        _set_cookie(response, CSRF_COOKIE, seed, max_age=None)
-    return response
-
-
-async def _form(request: Request) -> dict[str, str]:
-    """The posted form, after the CSRF checks: a token bound to the CSRF cookie and no foreign Origin."""
-    twofold = _twofold(request)
-    if int(request.headers.get("content-length") or 0) > FORM_LIMIT:
-        raise Forbidden("the form is too large")
-    form = await request.form(max_files=0, max_fields=50)
-    fields = {key: value for key, value in form.items() if isinstance(value, str)}
-    seed = request.cookies.get(CSRF_COOKIE, "")
-    origin = request.headers.get("origin")
-    if origin is not None and not origin_allowed(twofold, request):
-        raise Forbidden("this form was posted from another site")
-    if not seed or not twofold.mac.verify(f"form-csrf:{seed}", fields.get("csrf_token", "")):
-        raise Forbidden("the form expired or was not sent from this site; reload the page and try again")
-    return fields
-
-
-def _current_principal(request: Request) -> Principal | None:
-    token = request.cookies.get(SESSION_COOKIE)
-    if not token:
-        return None
-    try:
-        return _twofold(request).sessions.authenticate(token)
-    except Unauthenticated:
-        return None
-
-
-def _seconds_until(moment: datetime) -> int:
-    return max(1, int((as_utc(moment) - utcnow()).total_seconds()))
 
 
 def _signed_in(request: Request, outcome: LoginOutcome, target: str = "/") -> Response:
     assert outcome.session is not None
     response = RedirectResponse(target, status_code=303)
-    _set_cookie(
-        response, SESSION_COOKIE, outcome.session.token, max_age=_seconds_until(outcome.session.session.expires_at)
+    set_cookie(
+        response, SESSION_COOKIE, outcome.session.token, max_age=seconds_until(outcome.session.session.expires_at)
     )
-    _clear_cookie(response, LOGIN_COOKIE)
+    clear_cookie(response, LOGIN_COOKIE)
     return response
-
-
-def _problem_message(error: TwofoldError) -> str:
-    if isinstance(error, RateLimited):
-        return f"Too many attempts. Try again in {error.retry_after} seconds."
-    return error.detail
-
-
-def _csrf_refused(request: Request, error: Forbidden) -> HTMLResponse:
-    return _render(request, "message.html", {"title": "Request refused", "message": error.detail}, status=403)
 
 
 # -- home ----------------------------------------------------------------------------------------
@@ -149,10 +60,10 @@ def _csrf_refused(request: Request, error: Forbidden) -> HTMLResponse:
 
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request) -> Response:
-    principal = _current_principal(request)
+    principal = current_principal(request)
     if principal is None:
         return RedirectResponse("/login", status_code=303)
-    twofold = _twofold(request)
+    twofold = twofold_of(request)
     view = twofold.admin.self_view(principal)
     remaining = twofold.methods.recovery_codes_remaining(principal.user.id)
     notice = None
@@ -161,7 +72,7 @@ def home(request: Request) -> Response:
             f"You signed in with a recovery code. You have {remaining} unused recovery "
             f"code{'s' if remaining != 1 else ''} left."
         )
-    return _render(
+    return render(
         request,
         "home.html",
         {"view": view, "is_admin": view.is_admin, "notice": notice, "recovery_codes_remaining": remaining},
@@ -172,15 +83,15 @@ def home(request: Request) -> Response:
 @router.post("/logout")
 async def logout(request: Request) -> Response:
     try:
-        await _form(request)
+        await read_form(request)
     except Forbidden as error:
-        return _csrf_refused(request, error)
-    principal = _current_principal(request)
+        return csrf_refused(request, error)
+    principal = current_principal(request)
     if principal is not None:
-        _twofold(request).sessions.logout(principal, request_context(request))
+        twofold_of(request).sessions.logout(principal, request_context(request))
     response = RedirectResponse("/login?signed_out=1", status_code=303)
-    _clear_cookie(response, SESSION_COOKIE)
-    _clear_cookie(response, LOGIN_COOKIE)
+    clear_cookie(response, SESSION_COOKIE)
+    clear_cookie(response, LOGIN_COOKIE)
     return response
 
 
@@ -189,19 +100,19 @@ async def logout(request: Request) -> Response:
 
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, signed_out: str | None = None, expired: str | None = None) -> Response:
-    if _current_principal(request) is not None:
+    if current_principal(request) is not None:
         return RedirectResponse("/", status_code=303)
     notice = None
     if signed_out:
         notice = "You are signed out."
     elif expired:
         notice = "Your sign-in expired. Please sign in again."
-    return _render(request, "login.html", {"notice": notice, "username": ""})
+    return render(request, "login.html", {"notice": notice, "username": ""})
 
 
 @router.get("/login/sso", response_class=HTMLResponse)
 def sso_page(request: Request) -> Response:
-    return _render(
+    return render(
         request,
         "message.html",
         {
@@ -216,21 +127,21 @@ def sso_page(request: Request) -> Response:
 @router.post("/login", response_class=HTMLResponse)
 async def login_submit(request: Request) -> Response:
     try:
-        form = await _form(request)
+        form = await read_form(request)
     except Forbidden as error:
-        return _csrf_refused(request, error)
+        return csrf_refused(request, error)
     username = form.get("username", "")[:256]
     password = form.get("password", "")[:1024]
-    twofold = _twofold(request)
+    twofold = twofold_of(request)
     if not username or not password:
-        return _render(
+        return render(
             request, "login.html", {"error": "Enter your username and password.", "username": username}, status=422
         )
     try:
         outcome = twofold.login.start(username=username, password=password, context=request_context(request))
     except TwofoldError as error:
-        message = "Invalid username or password." if error.code == "invalid_credentials" else _problem_message(error)
-        response = _render(request, "login.html", {"error": message, "username": username}, status=error.status)
+        message = "Invalid username or password." if error.code == "invalid_credentials" else problem_message(error)
+        response = render(request, "login.html", {"error": message, "username": username}, status=error.status)
         if isinstance(error, RateLimited):
             response.headers["Retry-After"] = str(error.retry_after)
         return response
@@ -239,9 +150,9 @@ async def login_submit(request: Request) -> Response:
     target = "/login/verify" if outcome.status == "mfa_required" else "/login/enroll"
     response = RedirectResponse(target, status_code=303)
     assert outcome.transaction_token is not None
-    _set_cookie(response, LOGIN_COOKIE, outcome.transaction_token, max_age=_seconds_until(outcome.expires_at))
+    set_cookie(response, LOGIN_COOKIE, outcome.transaction_token, max_age=seconds_until(outcome.expires_at))
     # A new login drops any earlier session cookie of this browser: the session id changes at each step.
-    _clear_cookie(response, SESSION_COOKIE)
+    clear_cookie(response, SESSION_COOKIE)
     return response
 
 
@@ -250,10 +161,10 @@ def _transaction_or_restart(request: Request) -> tuple[str, Any] | Response:
     if not token:
         return RedirectResponse("/login?expired=1", status_code=303)
     try:
-        return token, _twofold(request).login.transaction_view(token)
+        return token, twofold_of(request).login.transaction_view(token)
     except TransactionExpired:
         response = RedirectResponse("/login?expired=1", status_code=303)
-        _clear_cookie(response, LOGIN_COOKIE)
+        clear_cookie(response, LOGIN_COOKIE)
         return response
 
 
@@ -262,7 +173,7 @@ def _transaction_or_restart(request: Request) -> tuple[str, Any] | Response:
 
 def _verify_context(request: Request, view: Any, *, method: str | None) -> dict[str, Any]:
     transaction, user, methods = view
-    twofold = _twofold(request)
+    twofold = twofold_of(request)
     recovery_codes_left = twofold.methods.recovery_codes_remaining(user.id)
     registered = {m.type for m in methods}
     known = {m.method_type: m for m in twofold.registry}
@@ -285,15 +196,15 @@ def verify_page(request: Request, method: str | None = None) -> Response:
     _, view = found
     if view[0].state != "mfa_required":
         return RedirectResponse("/login/enroll", status_code=303)
-    return _render(request, "verify.html", _verify_context(request, view, method=method))
+    return render(request, "verify.html", _verify_context(request, view, method=method))
 
 
 @router.post("/login/verify", response_class=HTMLResponse)
 async def verify_submit(request: Request) -> Response:
     try:
-        form = await _form(request)
+        form = await read_form(request)
     except Forbidden as error:
-        return _csrf_refused(request, error)
+        return csrf_refused(request, error)
     found = _transaction_or_restart(request)
     if isinstance(found, Response):
         return found
@@ -306,7 +217,7 @@ async def verify_submit(request: Request) -> Response:
         if form.get(name):
             proof[name.removesuffix("_json")] = form[name][:16384]
     try:
-        outcome = _twofold(request).login.verify(
+        outcome = twofold_of(request).login.verify(
             transaction_token=token,
             verification_type=verification_type,
             proof=proof,
@@ -316,11 +227,11 @@ async def verify_submit(request: Request) -> Response:
         return RedirectResponse("/login/verify?method=push", status_code=303)
     except TransactionExpired:
         response = RedirectResponse("/login?expired=1", status_code=303)
-        _clear_cookie(response, LOGIN_COOKIE)
+        clear_cookie(response, LOGIN_COOKIE)
         return response
     except TwofoldError as error:
         attempts_left = error.extra.get("attempts_left")
-        message = _problem_message(error)
+        message = problem_message(error)
         if error.code == "invalid_code":
             if verification_type == "webauthn":
                 message = "Your authenticator's answer was not accepted."
@@ -331,12 +242,12 @@ async def verify_submit(request: Request) -> Response:
             if attempts_left is not None:
                 message += f" {attempts_left} attempt{'s' if attempts_left != 1 else ''} left."
         if attempts_left == 0 or isinstance(error, RateLimited):
-            response = _render(request, "login.html", {"error": message, "username": ""}, status=error.status)
-            _clear_cookie(response, LOGIN_COOKIE)
+            response = render(request, "login.html", {"error": message, "username": ""}, status=error.status)
+            clear_cookie(response, LOGIN_COOKIE)
             return response
         context = _verify_context(request, view, method=verification_type)
         context["error"] = message
-        return _render(request, "verify.html", context, status=error.status)
+        return render(request, "verify.html", context, status=error.status)
     if outcome.recovery_codes_remaining is not None:
         return _signed_in(request, outcome, "/?signed_in_with=recovery_code")
     return _signed_in(request, outcome)
@@ -347,7 +258,7 @@ async def webauthn_options(request: Request) -> Response:
     """The pages' own call for WebAuthn request options: the transaction rides on its HttpOnly cookie,
     which the JSON API never reads (API.md: /api/v1/login* sets and reads no cookie)."""
     try:
-        form = await _form(request)
+        form = await read_form(request)
     except Forbidden as error:
         return problems.from_error(error)
     token = request.cookies.get(LOGIN_COOKIE)
@@ -355,7 +266,7 @@ async def webauthn_options(request: Request) -> Response:
     if method_type not in (None, *WEBAUTHN_TYPES):
         return problems.from_error(ValidationFailed("unknown authenticator type"))
     try:
-        options = _twofold(request).login.verification_options(
+        options = twofold_of(request).login.verification_options(
             transaction_token=token or "", method_type=method_type, context=request_context(request)
         )
     except TwofoldError as error:
@@ -375,11 +286,11 @@ def enroll_page(request: Request) -> Response:
     transaction, user, _methods = view
     if transaction.state != "enrollment_required":
         return RedirectResponse("/login/verify", status_code=303)
-    twofold = _twofold(request)
+    twofold = twofold_of(request)
     with twofold.uow(read_only=True) as uow:
         enrollable = twofold.login.enrollable_types(uow, user, request_context(request))
     known = {m.method_type: m for m in twofold.registry}
-    return _render(
+    return render(
         request,
         "enroll.html",
         {
@@ -393,14 +304,14 @@ def enroll_page(request: Request) -> Response:
 @router.post("/login/enroll", response_class=HTMLResponse)
 async def enroll_add(request: Request) -> Response:
     try:
-        form = await _form(request)
+        form = await read_form(request)
     except Forbidden as error:
-        return _csrf_refused(request, error)
+        return csrf_refused(request, error)
     found = _transaction_or_restart(request)
     if isinstance(found, Response):
         return found
     token, view = found
-    twofold = _twofold(request)
+    twofold = twofold_of(request)
     method_type = form.get("type", "")[:32]
     try:
         started = twofold.login.begin_enrollment(
@@ -410,54 +321,23 @@ async def enroll_add(request: Request) -> Response:
             context=request_context(request),
         )
     except TwofoldError as error:
-        return _render(
+        return render(
             request,
             "message.html",
             {"title": "Cannot add this method", "message": error.detail, "back": "/login/enroll"},
             status=error.status,
         )
-    return _enrollment_page(
+    return enrollment_page(
         request, started, username=view[1].username, complete_action="/login/enroll/complete", back="/login/enroll"
-    )
-
-
-def _enrollment_page(
-    request: Request,
-    started: EnrollmentStarted,
-    *,
-    username: str,
-    complete_action: str,
-    back: str,
-    error: str | None = None,
-) -> HTMLResponse:
-    """The second phase of an enrollment: each method may bring its own template, others get the
-    generic code form."""
-    template = "enroll_webauthn.html" if started.type in WEBAUTHN_TYPES else f"enroll_{started.type}.html"
-    if not (_HERE / "templates" / template).exists():
-        template = "enroll_generic.html"
-    secret = str(started.client_data.get("secret", ""))
-    return _render(
-        request,
-        template,
-        {
-            "enrollment": started,
-            "display_name": _twofold(request).registry.method(started.type).display_name,
-            "username": username,
-            # The secret in groups of four, as the apps' manual-entry screens show keys.
-            "secret_groups": [secret[i : i + 4] for i in range(0, len(secret), 4)],
-            "complete_action": complete_action,
-            "back": back,
-            "error": error,
-        },
     )
 
 
 @router.post("/login/enroll/complete", response_class=HTMLResponse)
 async def enroll_complete(request: Request) -> Response:
     try:
-        form = await _form(request)
+        form = await read_form(request)
     except Forbidden as error:
-        return _csrf_refused(request, error)
+        return csrf_refused(request, error)
     found = _transaction_or_restart(request)
     if isinstance(found, Response):
         return found
@@ -466,7 +346,7 @@ async def enroll_complete(request: Request) -> Response:
     if "credential_json" in proof:  # the WebAuthn page posts the browser's credential as JSON text
         proof["credential"] = proof.pop("credential_json")
     try:
-        outcome = _twofold(request).login.complete_enrollment(
+        outcome = twofold_of(request).login.complete_enrollment(
             transaction_token=token,
             enrollment_id=form.get("enrollment_id", "")[:64],
             proof=proof,
@@ -478,13 +358,13 @@ async def enroll_complete(request: Request) -> Response:
         attempts_left = error.extra.get("attempts_left")
         pending = None
         if error.code == "invalid_code" and attempts_left and "code" in proof:
-            pending = _twofold(request).login.pending_enrollment(token, form.get("enrollment_id", "")[:64])
+            pending = twofold_of(request).login.pending_enrollment(token, form.get("enrollment_id", "")[:64])
         if pending is not None:
             # The app already holds the secret: ask for another code on the same enrollment, not a new scan.
             retry = EnrollmentStarted(
                 pending.id, pending.type, pending.name, as_utc(pending.expires_at or utcnow()), {}
             )
-            response = _enrollment_page(
+            response = enrollment_page(
                 request,
                 retry,
                 username=_view[1].username,
@@ -495,24 +375,19 @@ async def enroll_complete(request: Request) -> Response:
             )
             response.status_code = error.status
             return response
-        return _render(
+        return render(
             request,
             "message.html",
             {"title": "The method was not added", "message": error.detail, "back": "/login/enroll"},
             status=error.status,
         )
-    response = _render(request, "enrolled.html", _recovery_codes_context(outcome.recovery_codes))
+    response = render(request, "enrolled.html", recovery_codes_context(outcome.recovery_codes))
     assert outcome.session is not None
-    _set_cookie(
-        response, SESSION_COOKIE, outcome.session.token, max_age=_seconds_until(outcome.session.session.expires_at)
+    set_cookie(
+        response, SESSION_COOKIE, outcome.session.token, max_age=seconds_until(outcome.session.session.expires_at)
     )
-    _clear_cookie(response, LOGIN_COOKIE)
+    clear_cookie(response, LOGIN_COOKIE)
     return response
-
-
-def _recovery_codes_context(codes: list[str], *, added: str | None = None) -> dict[str, Any]:
-    text = "Twofold recovery codes. Each signs you in once, in place of a verification code.\n\n"
-    return {"recovery_codes": codes, "recovery_codes_text": text + "\n".join(codes) + "\n", "added": added}
 
 
 # -- set-up and password-reset links -------------------------------------------------------------
@@ -521,7 +396,7 @@ def _recovery_codes_context(codes: list[str], *, added: str | None = None) -> di
 def _link_page(request: Request, token: str, purpose: TokenPurpose, *, error: str | None = None) -> HTMLResponse:
     title = "Set your password" if purpose is TokenPurpose.SETUP else "Choose a new password"
     action = ("/setup/" if purpose is TokenPurpose.SETUP else "/password-reset/") + quote(token, safe="")
-    return _render(
+    return render(
         request, "set_password.html", {"title": title, "action": action, "error": error}, status=422 if error else 200
     )
 
@@ -538,19 +413,19 @@ def reset_page(request: Request, token: str) -> Response:
 
 async def _redeem(request: Request, token: str, purpose: TokenPurpose) -> Response:
     try:
-        form = await _form(request)
+        form = await read_form(request)
     except Forbidden as error:
-        return _csrf_refused(request, error)
+        return csrf_refused(request, error)
     password = form.get("password", "")[:1024]
     if password != form.get("confirm_password", "")[:1024]:
         return _link_page(request, token, purpose, error="The two passwords differ.")
     try:
-        _twofold(request).accounts.redeem_link(
+        twofold_of(request).accounts.redeem_link(
             token=token[:512], password=password, purpose=purpose, context=request_context(request)
         )
     except TwofoldError as error:
         return _link_page(request, token, purpose, error=error.detail)
-    return _render(
+    return render(
         request,
         "message.html",
         {
@@ -574,19 +449,19 @@ async def reset_submit(request: Request, token: str) -> Response:
 
 @router.get("/password-reset", response_class=HTMLResponse)
 def reset_request_page(request: Request) -> Response:
-    return _render(request, "reset_request.html", {})
+    return render(request, "reset_request.html", {})
 
 
 @router.post("/password-reset", response_class=HTMLResponse)
 async def reset_request_submit(request: Request) -> Response:
     try:
-        form = await _form(request)
+        form = await read_form(request)
     except Forbidden as error:
-        return _csrf_refused(request, error)
+        return csrf_refused(request, error)
     username = form.get("username", "").strip()[:256]
     if username:
-        _twofold(request).accounts.request_password_reset(username=username, context=request_context(request))
-    return _render(
+        twofold_of(request).accounts.request_password_reset(username=username, context=request_context(request))
+    return render(
         request,
         "message.html",
         {
