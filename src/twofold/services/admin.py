@@ -212,6 +212,14 @@ class AdminService:
             user = self._user_in(uow, organization, user_id)
             return self._views(uow, organization, [user])[0]
 
+    def user_by_username(self, principal: Principal, organization_id: str, username: str) -> User:
+        with self.uow(read_only=True) as uow:
+            organization = self.authorize(uow, principal, organization_id, "users:read")
+            user = uow.users.by_username_key(username_key(username.strip())) if username.strip() else None
+            if user is None or user.organization_id != organization.root_id:
+                raise NotFound(f"no user named {username.strip()!r} in this organization")
+            return user
+
     def _views(self, uow: UnitOfWork, organization: Organization, users: Sequence[User]) -> list[UserView]:
         ids = [u.id for u in users]
         now = utcnow()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from twofold.domain.clock import as_utc, utcnow
 from twofold.domain.entities import MethodStatus, User, VerificationMethodRecord
 from twofold.domain.errors import Conflict, Forbidden, LastMethod, NotFound, VerificationError
-from twofold.domain.ports import Notifier, UnitOfWorkFactory
+from twofold.domain.ports import Notifier, UnitOfWork, UnitOfWorkFactory
 from twofold.domain.rules import clean_display_name
 from twofold.methods.registry import MethodRegistry
 
@@ -83,14 +84,8 @@ class MethodService:
         with self.uow() as uow:
             user = uow.users.get(principal.user.id)
             assert user is not None
-            record = uow.methods.get(enrollment_id) if isinstance(enrollment_id, str) else None
-            if (
-                record is None
-                or record.user_id != user.id
-                or record.status != MethodStatus.PENDING.value
-                or record.login_transaction_id is not None
-                or (record.expires_at is not None and as_utc(record.expires_at) <= now)
-            ):
+            record = self._own_pending(uow, user.id, enrollment_id, now=now)
+            if record is None:
                 raise NotFound("no such enrollment; start again")
             method = self.registry.method(record.type)
             organization = uow.organizations.get(user.organization_id)
@@ -129,6 +124,26 @@ class MethodService:
             completed = EnrollmentCompleted(method=record, recovery_codes=codes)
         self._tell(user, f"A verification method was added to your account: {record.name}.")
         return completed
+
+    def pending_enrollment(self, principal: Principal, enrollment_id: str) -> VerificationMethodRecord | None:
+        """The user's own profile enrollment that still waits for its proof (for a second try of a code)."""
+        with self.uow(read_only=True) as uow:
+            return self._own_pending(uow, principal.user.id, enrollment_id, now=utcnow())
+
+    @staticmethod
+    def _own_pending(
+        uow: UnitOfWork, user_id: str, enrollment_id: str, *, now: datetime
+    ) -> VerificationMethodRecord | None:
+        record = uow.methods.get(enrollment_id) if isinstance(enrollment_id, str) else None
+        if (
+            record is None
+            or record.user_id != user_id
+            or record.status != MethodStatus.PENDING.value
+            or record.login_transaction_id is not None  # a login's enrollment belongs to its transaction
+            or (record.expires_at is not None and as_utc(record.expires_at) <= now)
+        ):
+            return None
+        return record
 
     def rename(
         self, principal: Principal, method_id: str, *, name: str, context: RequestContext

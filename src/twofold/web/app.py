@@ -22,6 +22,8 @@ from .api import login as login_api
 from .api import me as me_api
 from .middleware import LimitsAndHeaders
 from .pages import common as page_common
+from .pages import console as console_pages
+from .pages import profile as profile_pages
 from .pages import routes as pages
 
 logger = logging.getLogger("twofold.web")
@@ -58,6 +60,8 @@ def create_app(
     app.include_router(me_api.router)
     app.include_router(admin_api.router)
     app.include_router(pages.router)
+    app.include_router(profile_pages.router)
+    app.include_router(console_pages.router)
     page_common.mount_static(app)
 
     @app.get("/healthz", include_in_schema=False)

@@ -85,7 +85,7 @@ async def read_form(request: Request) -> dict[str, str]:
     twofold = twofold_of(request)
     if int(request.headers.get("content-length") or 0) > FORM_LIMIT:
         raise Forbidden("the form is too large")
-    form = await request.form(max_files=0, max_fields=50)
+    form = await request.form(max_files=0, max_fields=200)
     fields = {key: value for key, value in form.items() if isinstance(value, str)}
     seed = request.cookies.get(CSRF_COOKIE, "")
     origin = request.headers.get("origin")
@@ -128,6 +128,7 @@ def enrollment_page(
     complete_action: str,
     back: str,
     error: str | None = None,
+    principal: Principal | None = None,
 ) -> HTMLResponse:
     """The second phase of an enrollment: each method may bring its own template, others get the
     generic code form."""
@@ -148,6 +149,7 @@ def enrollment_page(
             "back": back,
             "error": error,
         },
+        principal=principal,
     )
 
 

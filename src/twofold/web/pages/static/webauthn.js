@@ -114,7 +114,8 @@ async function verifyWith(type, button) {
     const body = new FormData();
     body.set("csrf_token", form.querySelector("input[name=csrf_token]").value);
     body.set("type", type);
-    const answer = await fetch("/login/webauthn/options", { method: "POST", body, credentials: "same-origin" });
+    const url = form.dataset.optionsUrl || "/login/webauthn/options";
+    const answer = await fetch(url, { method: "POST", body, credentials: "same-origin" });
     const json = await answer.json();
     if (!answer.ok) throw Object.assign(new Error(json.detail || "the server refused"), { name: "ServerError" });
     const credential = await navigator.credentials.get({ publicKey: requestOptions(json.publicKey) });

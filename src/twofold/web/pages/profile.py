@@ -1,0 +1,480 @@
+"""The profile's "Manage Your Verification Methods" page (R6) and the step-up page that guards it and the
+console (API.md "Web pages").
+
+The page stages renames and removals until "Save", which applies them as one change; "Save" is refused
+when no active method would remain. Adding or removing needs a step-up within the last 10 minutes: the
+page asks for a verification first, and an action that met a stale step-up is carried through the
+verification and finished after it, so nothing the user staged is lost.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from twofold.domain.errors import (
+    CodeAlreadyUsed,
+    Forbidden,
+    ProofPending,
+    RateLimited,
+    StepUpRequired,
+    TwofoldError,
+    Unauthenticated,
+    ValidationFailed,
+)
+from twofold.services.context import Principal
+from twofold.services.login import EnrollmentStarted
+
+from .. import problems
+from ..deps import SESSION_COOKIE, request_context
+from .common import (
+    WEBAUTHN_TYPES,
+    clear_cookie,
+    csrf_refused,
+    current_principal,
+    enrollment_page,
+    problem_message,
+    read_form,
+    recovery_codes_context,
+    render,
+    twofold_of,
+)
+
+router = APIRouter(include_in_schema=False)
+
+MANAGE = "/profile/mfa"
+RESUME_LIMIT = 16384
+RESUMABLE = ("/profile/", "/admin/")
+
+
+def _signed_in_or_redirect(request: Request) -> Principal | Response:
+    principal = current_principal(request)
+    if principal is None:
+        response = RedirectResponse("/login?expired=1", status_code=303)
+        clear_cookie(response, SESSION_COOKIE)
+        return response
+    return principal
+
+
+def safe_next(target: str | None, default: str = "/") -> str:
+    """Only a path on this site: an open redirect would hand a fresh step-up to someone else's page."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target or len(target) > 512:
+        return default
+    return target
+
+
+def manages_methods(principal: Principal) -> bool:
+    """Exempt sessions (password only) and SSO users (MFA at their provider) have no local methods."""
+    return principal.session is not None and "mfa" in principal.session.amr and not principal.user.is_federated
+
+
+def step_up_is_fresh(request: Request, principal: Principal) -> bool:
+    try:
+        twofold_of(request).sessions.require_step_up(principal)
+    except StepUpRequired:
+        return False
+    return True
+
+
+def step_up_page(
+    request: Request,
+    principal: Principal,
+    *,
+    next_path: str,
+    resume: dict[str, Any] | None = None,
+    reason: str | None = None,
+    error: str | None = None,
+    method: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    """The verification step for a full session: the same controls as the login's second step."""
+    twofold = twofold_of(request)
+    with twofold.uow(read_only=True) as uow:
+        methods = list(uow.methods.active_for_user(principal.user.id))
+        recovery_codes_left = uow.recovery_codes.count_unused(principal.user.id)
+    registered = {m.type for m in methods}
+    known = {m.method_type: m for m in twofold.registry}
+    hidden = {"next": next_path}
+    if resume is not None:
+        hidden["resume"] = json.dumps(resume, separators=(",", ":"))
+    return render(
+        request,
+        "verify.html",
+        {
+            "step_up": True,
+            "verify_action": "/profile/verify",
+            "options_url": "/profile/verify/webauthn/options",
+            "method_link": f"/profile/verify?next={quote(next_path, safe='')}&method=",
+            "hidden": hidden,
+            "username": principal.user.username,
+            "methods": methods,
+            "method_types": registered,
+            "display_names": {t: known[t].display_name for t in registered if t in known},
+            "chosen": method,
+            "recovery_codes_available": recovery_codes_left > 0,
+            "notice": reason,
+            "error": error,
+        },
+        principal=principal,
+        status=status,
+    )
+
+
+# -- step-up -------------------------------------------------------------------------------------
+
+
+@router.get("/profile/verify", response_class=HTMLResponse)
+def verify_page(request: Request, next: str | None = None, method: str | None = None) -> Response:
+    found = _signed_in_or_redirect(request)
+    if isinstance(found, Response):
+        return found
+    if not manages_methods(found):
+        return _no_methods_page(request, found)
+    return step_up_page(request, found, next_path=safe_next(next), method=method)
+
+
+@router.post("/profile/verify", response_class=HTMLResponse)
+async def verify_submit(request: Request) -> Response:
+    try:
+        form = await read_form(request)
+    except Forbidden as error:
+        return csrf_refused(request, error)
+    found = _signed_in_or_redirect(request)
+    if isinstance(found, Response):
+        return found
+    principal = found
+    next_path = safe_next(form.get("next"))
+    resume = _resume(form.get("resume"))
+    verification_type = form.get("type", "totp")[:32]
+    proof: dict[str, Any] = {}
+    if form.get("code"):
+        proof["code"] = form["code"].strip()[:64]
+    if form.get("credential_json"):
+        proof["credential"] = form["credential_json"][:16384]
+    twofold = twofold_of(request)
+    try:
+        twofold.step_up.step_up(
+            principal, verification_type=verification_type, proof=proof, context=request_context(request)
+        )
+    except ProofPending:
+        return step_up_page(request, principal, next_path=next_path, resume=resume, method="push")
+    except Unauthenticated:
+        return RedirectResponse("/login?expired=1", status_code=303)
+    except TwofoldError as error:
+        message = problem_message(error)
+        if error.code == "invalid_code" and not isinstance(error, RateLimited):
+            if verification_type == "webauthn":
+                message = "Your authenticator's answer was not accepted."
+            elif error.detail == CodeAlreadyUsed.title:
+                message = "That code was already used. Wait for the next code."
+            else:
+                message = "That code did not work."
+        return step_up_page(
+            request,
+            principal,
+            next_path=next_path,
+            resume=resume,
+            error=message,
+            method=verification_type if verification_type != "webauthn" else None,
+            status=error.status,
+        )
+    if resume is not None:
+        return _resume_action(request, principal, resume)
+    return RedirectResponse(next_path, status_code=303)
+
+
+@router.post("/profile/verify/webauthn/options")
+async def verify_webauthn_options(request: Request) -> Response:
+    """WebAuthn request options for the page's step-up, on the session cookie (a form post with the
+    page's CSRF token)."""
+    try:
+        form = await read_form(request)
+    except Forbidden as error:
+        return problems.from_error(error)
+    principal = current_principal(request)
+    if principal is None:
+        return problems.from_error(Unauthenticated("sign in again"))
+    method_type = form.get("type") or None
+    if method_type not in (None, *WEBAUTHN_TYPES):
+        return problems.from_error(ValidationFailed("unknown authenticator type"))
+    try:
+        options = twofold_of(request).step_up.verification_options(
+            principal, method_type=method_type, context=request_context(request)
+        )
+    except TwofoldError as error:
+        return problems.from_error(error)
+    return JSONResponse(options, headers={"Cache-Control": "no-store"})
+
+
+def _resume(text: str | None) -> dict[str, Any] | None:
+    """The form that met a stale step-up: where it was posted and its fields (without the CSRF token)."""
+    if not text or len(text) > RESUME_LIMIT:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("fields"), dict):
+        return None
+    action = value.get("action")
+    if not isinstance(action, str) or not action.startswith(RESUMABLE) or safe_next(action, "") != action:
+        return None
+    return {"action": action, "fields": {str(k)[:80]: str(v)[:256] for k, v in value["fields"].items()}}
+
+
+def resume_form(request: Request, form: dict[str, str]) -> dict[str, Any]:
+    """What to post again once the user has verified: this request's path and fields."""
+    return {"action": request.url.path, "fields": {k: v for k, v in form.items() if k != "csrf_token"}}
+
+
+def _resume_action(request: Request, principal: Principal, resume: dict[str, Any]) -> Response:
+    """Post the interrupted form again, now that the step-up is fresh: a page that submits itself (or
+    waits for "Continue" without JavaScript), carrying a new CSRF token."""
+    return render(
+        request,
+        "continue.html",
+        {"action": resume["action"], "fields": resume["fields"]},
+        principal=principal,
+    )
+
+
+# -- Manage Your Verification Methods ------------------------------------------------------------
+
+
+def _no_methods_page(request: Request, principal: Principal) -> HTMLResponse:
+    if principal.user.is_federated:
+        message = "Your account signs in through your organization's identity provider, which does your MFA."
+    else:
+        message = (
+            "This account is exempt from multi-factor authentication and has no verification methods. "
+            "Ask your administrator to move it to a connected app."
+        )
+    return render(
+        request,
+        "message.html",
+        {"title": "Manage Your Verification Methods", "message": message, "back": "/", "back_label": "Back"},
+        principal=principal,
+        status=403,
+    )
+
+
+def manage_page(
+    request: Request,
+    principal: Principal,
+    *,
+    notice: str | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    twofold = twofold_of(request)
+    with twofold.uow(read_only=True) as uow:
+        user = uow.users.get(principal.user.id)
+        assert user is not None
+        methods = list(uow.methods.active_for_user(user.id))
+        enrollable = set(twofold.login.enrollable_types(uow, user, request_context(request)))
+        recovery_codes_left = uow.recovery_codes.count_unused(user.id)
+    sections = []
+    for method in twofold.registry:
+        mine = [m for m in methods if m.type == method.method_type]
+        if method.method_type in enrollable or mine:
+            sections.append(
+                {
+                    "type": method.method_type,
+                    "label": method.display_name,
+                    "can_add": method.method_type in enrollable,
+                    "methods": mine,
+                }
+            )
+    return render(
+        request,
+        "manage_methods.html",
+        {
+            "sections": sections,
+            "active_count": len(methods),
+            "recovery_codes_left": recovery_codes_left,
+            "notice": notice,
+            "error": error,
+        },
+        principal=principal,
+        status=status,
+    )
+
+
+@router.get("/profile/mfa", response_class=HTMLResponse)
+def manage(request: Request, saved: str | None = None, added: str | None = None) -> Response:
+    found = _signed_in_or_redirect(request)
+    if isinstance(found, Response):
+        return found
+    if not manages_methods(found):
+        return _no_methods_page(request, found)
+    if not step_up_is_fresh(request, found):
+        return step_up_page(
+            request,
+            found,
+            next_path=MANAGE,
+            reason="Verify it's you before you change your verification methods.",
+        )
+    notice = "Your changes were saved." if saved else None
+    if added:
+        notice = f"{added[:64]} was added."
+    return manage_page(request, found, notice=notice)
+
+
+@router.post("/profile/mfa", response_class=HTMLResponse)
+async def save(request: Request) -> Response:
+    """ "Save": the staged renames (``rename:<id>``) and removals (``remove:<id>``) as one change."""
+    try:
+        form = await read_form(request)
+    except Forbidden as error:
+        return csrf_refused(request, error)
+    found = _signed_in_or_redirect(request)
+    if isinstance(found, Response):
+        return found
+    return _save(request, found, form)
+
+
+def _save(request: Request, principal: Principal, form: dict[str, str]) -> Response:
+    """Apply what the page staged; a stale step-up asks for a verification and then posts this again."""
+    renames = {
+        key.removeprefix("rename:")[:64]: value[:256] for key, value in form.items() if key.startswith("rename:")
+    }
+    removals = [key.removeprefix("remove:")[:64] for key, value in form.items() if key.startswith("remove:") and value]
+    if not renames and not removals:
+        return RedirectResponse(f"{MANAGE}?saved=1", status_code=303)
+    try:
+        twofold_of(request).methods.save_changes(
+            principal, renames=renames, removals=removals, context=request_context(request)
+        )
+    except StepUpRequired:
+        return step_up_page(
+            request,
+            principal,
+            next_path=MANAGE,
+            resume=resume_form(request, form),
+            reason="Verify it's you to save your changes.",
+        )
+    except Unauthenticated:
+        return RedirectResponse("/login?expired=1", status_code=303)
+    except TwofoldError as error:
+        message = error.detail
+        if error.code == "last_method":
+            message = "You must keep at least one verification method. Add another method before you remove this one."
+        return manage_page(request, principal, error=f"Your changes were not saved. {message}", status=error.status)
+    return RedirectResponse(f"{MANAGE}?saved=1", status_code=303)
+
+
+@router.post("/profile/mfa/add", response_class=HTMLResponse)
+async def add(request: Request) -> Response:
+    try:
+        form = await read_form(request)
+    except Forbidden as error:
+        return csrf_refused(request, error)
+    found = _signed_in_or_redirect(request)
+    if isinstance(found, Response):
+        return found
+    principal = found
+    method_type, name = form.get("type", "")[:32], form.get("name", "")[:256]
+    try:
+        started = twofold_of(request).methods.begin(
+            principal, method_type=method_type, name=name, context=request_context(request)
+        )
+    except StepUpRequired:
+        return step_up_page(
+            request,
+            principal,
+            next_path=MANAGE,
+            resume=resume_form(request, {"type": method_type, "name": name}),
+            reason="Verify it's you before you add a verification method.",
+        )
+    except Unauthenticated:
+        return RedirectResponse("/login?expired=1", status_code=303)
+    except TwofoldError as error:
+        return manage_page(request, principal, error=f"The method was not added. {error.detail}", status=error.status)
+    return enrollment_page(
+        request,
+        started,
+        username=principal.user.username,
+        complete_action="/profile/mfa/complete",
+        back=MANAGE,
+        principal=principal,
+    )
+
+
+@router.post("/profile/mfa/complete", response_class=HTMLResponse)
+async def complete(request: Request) -> Response:
+    try:
+        form = await read_form(request)
+    except Forbidden as error:
+        return csrf_refused(request, error)
+    found = _signed_in_or_redirect(request)
+    if isinstance(found, Response):
+        return found
+    principal = found
+    twofold = twofold_of(request)
+    enrollment_id = form.get("enrollment_id", "")[:64]
+    proof: dict[str, Any] = {k: v[:16384] for k, v in form.items() if k not in {"csrf_token", "enrollment_id"}}
+    if "credential_json" in proof:
+        proof["credential"] = proof.pop("credential_json")
+    try:
+        completed = twofold.methods.complete(
+            principal, enrollment_id=enrollment_id, proof=proof, context=request_context(request)
+        )
+    except ProofPending:
+        return RedirectResponse(MANAGE, status_code=303)
+    except Unauthenticated:
+        return RedirectResponse("/login?expired=1", status_code=303)
+    except TwofoldError as error:
+        pending = twofold.methods.pending_enrollment(principal, enrollment_id) if "code" in proof else None
+        if error.code == "invalid_code" and pending is not None:
+            # The app already holds the secret: ask for another code on the same enrollment, not a new scan.
+            retry = EnrollmentStarted(pending.id, pending.type, pending.name, pending.expires_at, {})
+            response = enrollment_page(
+                request,
+                retry,
+                username=principal.user.username,
+                complete_action="/profile/mfa/complete",
+                back=MANAGE,
+                error="That code did not work. Check that the time on your device is right, then enter the new "
+                "code your app shows.",
+                principal=principal,
+            )
+            response.status_code = error.status
+            return response
+        return manage_page(request, principal, error=f"The method was not added. {error.detail}", status=error.status)
+    added = f"{completed.method.name} ({twofold.registry.method(completed.method.type).display_name})"
+    if completed.recovery_codes:
+        context = recovery_codes_context(completed.recovery_codes, added=added)
+        context["next"] = MANAGE
+        return render(request, "enrolled.html", context, principal=principal)
+    return RedirectResponse(f"{MANAGE}?added={quote(completed.method.name)}", status_code=303)
+
+
+@router.post("/profile/recovery-codes", response_class=HTMLResponse)
+async def recovery_codes(request: Request) -> Response:
+    try:
+        await read_form(request)
+    except Forbidden as error:
+        return csrf_refused(request, error)
+    found = _signed_in_or_redirect(request)
+    if isinstance(found, Response):
+        return found
+    principal = found
+    try:
+        codes = twofold_of(request).methods.regenerate_recovery_codes(principal, context=request_context(request))
+    except StepUpRequired:
+        return step_up_page(
+            request,
+            principal,
+            next_path=MANAGE,
+            resume=resume_form(request, {}),
+            reason="Verify it's you before you generate new recovery codes.",
+        )
+    except TwofoldError as error:
+        return manage_page(request, principal, error=error.detail, status=error.status)
+    context = recovery_codes_context(codes)
+    context["next"] = MANAGE
+    return render(request, "enrolled.html", context, principal=principal)
