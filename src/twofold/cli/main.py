@@ -29,6 +29,10 @@ def _settings() -> Settings:
     try:
         settings = load_settings()
         settings.validate_for_serving()
+        if settings.smtp_url:
+            from twofold.services.notifications import SmtpNotifier
+
+            SmtpNotifier(settings.smtp_url)  # a malformed URL is one line here, not a traceback in a worker
     except ValidationError as error:
         problems = "; ".join(
             f"TWOFOLD_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in error.errors()

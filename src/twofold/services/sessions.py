@@ -10,7 +10,7 @@ from twofold.domain.clock import as_utc, utcnow
 from twofold.domain.entities import Session, User
 from twofold.domain.errors import Forbidden, StepUpRequired, Unauthenticated
 from twofold.domain.ports import UnitOfWork, UnitOfWorkFactory
-from twofold.domain.rules import acr_for
+from twofold.domain.rules import acr_for, exemption_applies
 
 from . import audit
 from .context import Principal, RequestContext
@@ -74,6 +74,12 @@ class SessionService:
             user = uow.users.get(session.user_id)
             if user is None or not user.is_active:
                 raise Unauthenticated()
+            if "pwd" in session.amr and "mfa" not in session.amr and not user.is_federated:
+                # A password-only session lives on its exemption (R4): once that expires, or stops
+                # applying at the cut-off, the session ends with it instead of running out its 12 hours.
+                exemption = uow.exemptions.for_user(user.id)
+                if not exemption_applies(user, exemption, now=now, cutoff=self.settings.user_exemption_cutoff):
+                    raise Unauthenticated("the account's exemption from MFA no longer applies")
         if now - as_utc(session.last_seen_at) >= _TOUCH_INTERVAL:
             with self.uow() as uow:
                 uow.sessions.touch(session.id, now=now)
