@@ -18,7 +18,7 @@ from fastapi.templating import Jinja2Templates
 
 from twofold.container import Twofold
 from twofold.domain.clock import as_utc, utcnow
-from twofold.domain.errors import Forbidden, RateLimited, TwofoldError, Unauthenticated
+from twofold.domain.errors import CodeAlreadyUsed, Forbidden, RateLimited, TwofoldError, Unauthenticated
 from twofold.services.context import Principal
 from twofold.services.login import EnrollmentStarted
 
@@ -114,6 +114,17 @@ def problem_message(error: TwofoldError) -> str:
     if isinstance(error, RateLimited):
         return f"Too many attempts. Try again in {error.retry_after} seconds."
     return error.detail
+
+
+def verification_failed_message(error: TwofoldError, verification_type: str) -> str:
+    """What the verification step says when a second factor was refused (login and step-up alike)."""
+    if error.code != "invalid_code" or isinstance(error, RateLimited):
+        return problem_message(error)
+    if verification_type == "webauthn":
+        return "Your authenticator's answer was not accepted."
+    if error.detail == CodeAlreadyUsed.title:
+        return "That code was already used. Wait for the next code."
+    return "That code did not work."
 
 
 def csrf_refused(request: Request, error: Forbidden) -> HTMLResponse:

@@ -31,6 +31,14 @@ from .profile import resume_form, step_up_page
 router = APIRouter(include_in_schema=False, prefix="/admin")
 
 PAGE_SIZE = 25
+# What a redirect after a write says: fixed messages by key, so that a crafted link cannot put words
+# of its own into the console.
+DONE = {
+    "reset": "Multi-factor authentication was reset. The user must register a verification method at the next sign-in.",
+    "unlocked": "The account was unlocked.",
+    "disabled": "The account was disabled; its sessions ended.",
+    "enabled": "The account was enabled.",
+}
 AUDIT_PAGE_SIZE = 50
 
 
@@ -116,7 +124,7 @@ def overview(request: Request, done: str | None = None) -> Response:
         found,
         "admin/overview.html",
         "overview",
-        {"attention": attention, "report": report, "notice": done[:200] if done else None},
+        {"attention": attention, "report": report, "notice": DONE.get(done or "")},
     )
 
 
@@ -163,7 +171,7 @@ def user_page(request: Request, user_id: str, confirm: str | None = None, done: 
             "view": view,
             "confirm_reset": confirm == "reset-mfa",
             "is_self": view.user.id == found.user.id,
-            "notice": done[:200] if done else None,
+            "notice": DONE.get(done or ""),
         },
     )
 
@@ -181,10 +189,9 @@ async def reset_mfa(request: Request, user_id: str) -> Response:
         return _needs_step_up(request, principal, form, back)
     except TwofoldError as error:
         return _error_page(request, principal, error, back)
-    done = "Multi-factor authentication was reset. The user must register a verification method at the next sign-in."
     if user_id == principal.user.id:
         return RedirectResponse("/login?signed_out=1", status_code=303)  # one's own sessions ended too
-    return RedirectResponse(f"{back}?{urlencode({'done': done})}", status_code=303)
+    return RedirectResponse(f"{back}?done=reset", status_code=303)
 
 
 @router.post("/users/{user_id}/unlock", response_class=HTMLResponse)
@@ -200,7 +207,7 @@ async def unlock(request: Request, user_id: str) -> Response:
         return _needs_step_up(request, principal, form, back)
     except TwofoldError as error:
         return _error_page(request, principal, error, back)
-    return RedirectResponse(f"{back}?{urlencode({'done': 'The account was unlocked.'})}", status_code=303)
+    return RedirectResponse(f"{back}?done=unlocked", status_code=303)
 
 
 @router.post("/users/{user_id}/status", response_class=HTMLResponse)
@@ -219,8 +226,7 @@ async def set_status(request: Request, user_id: str) -> Response:
         return _needs_step_up(request, principal, form, back)
     except TwofoldError as error:
         return _error_page(request, principal, error, back)
-    done = "The account was disabled; its sessions ended." if status == "disabled" else "The account was enabled."
-    return RedirectResponse(f"{back}?{urlencode({'done': done})}", status_code=303)
+    return RedirectResponse(f"{back}?done={'disabled' if status == 'disabled' else 'enabled'}", status_code=303)
 
 
 def safe_back(target: str | None, default: str) -> str:

@@ -17,10 +17,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from twofold.domain.errors import (
-    CodeAlreadyUsed,
     Forbidden,
     ProofPending,
-    RateLimited,
     StepUpRequired,
     TwofoldError,
     Unauthenticated,
@@ -37,11 +35,11 @@ from .common import (
     csrf_refused,
     current_principal,
     enrollment_page,
-    problem_message,
     read_form,
     recovery_codes_context,
     render,
     twofold_of,
+    verification_failed_message,
 )
 
 router = APIRouter(include_in_schema=False)
@@ -165,14 +163,7 @@ async def verify_submit(request: Request) -> Response:
     except Unauthenticated:
         return RedirectResponse("/login?expired=1", status_code=303)
     except TwofoldError as error:
-        message = problem_message(error)
-        if error.code == "invalid_code" and not isinstance(error, RateLimited):
-            if verification_type == "webauthn":
-                message = "Your authenticator's answer was not accepted."
-            elif error.detail == CodeAlreadyUsed.title:
-                message = "That code was already used. Wait for the next code."
-            else:
-                message = "That code did not work."
+        message = verification_failed_message(error, verification_type)
         return step_up_page(
             request,
             principal,
@@ -320,7 +311,11 @@ def manage(request: Request, saved: str | None = None, added: str | None = None)
         )
     notice = "Your changes were saved." if saved else None
     if added:
-        notice = f"{added[:64]} was added."
+        # The id, not the name, rides in the link: only a method of this user can be announced.
+        with twofold_of(request).uow(read_only=True) as uow:
+            method = uow.methods.get(added[:64])
+        if method is not None and method.user_id == found.user.id and method.is_active:
+            notice = f"{method.name} was added."
     return manage_page(request, found, notice=notice)
 
 
@@ -450,7 +445,7 @@ async def complete(request: Request) -> Response:
         context = recovery_codes_context(completed.recovery_codes, added=added)
         context["next"] = MANAGE
         return render(request, "enrolled.html", context, principal=principal)
-    return RedirectResponse(f"{MANAGE}?added={quote(completed.method.name)}", status_code=303)
+    return RedirectResponse(f"{MANAGE}?added={completed.method.id}", status_code=303)
 
 
 @router.post("/profile/recovery-codes", response_class=HTMLResponse)

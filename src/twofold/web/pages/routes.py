@@ -15,7 +15,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from twofold.domain.clock import as_utc, utcnow
 from twofold.domain.entities import TokenPurpose
 from twofold.domain.errors import (
-    CodeAlreadyUsed,
     Forbidden,
     ProofPending,
     RateLimited,
@@ -40,6 +39,7 @@ from .common import (
     seconds_until,
     set_cookie,
     twofold_of,
+    verification_failed_message,
 )
 
 router = APIRouter(include_in_schema=False)
@@ -231,16 +231,9 @@ async def verify_submit(request: Request) -> Response:
         return response
     except TwofoldError as error:
         attempts_left = error.extra.get("attempts_left")
-        message = problem_message(error)
-        if error.code == "invalid_code":
-            if verification_type == "webauthn":
-                message = "Your authenticator's answer was not accepted."
-            elif error.detail == CodeAlreadyUsed.title:
-                message = "That code was already used. Wait for the next code."
-            else:
-                message = "That code did not work."
-            if attempts_left is not None:
-                message += f" {attempts_left} attempt{'s' if attempts_left != 1 else ''} left."
+        message = verification_failed_message(error, verification_type)
+        if error.code == "invalid_code" and attempts_left is not None:
+            message += f" {attempts_left} attempt{'s' if attempts_left != 1 else ''} left."
         if attempts_left == 0 or isinstance(error, RateLimited):
             response = render(request, "login.html", {"error": message, "username": ""}, status=error.status)
             clear_cookie(response, LOGIN_COOKIE)
