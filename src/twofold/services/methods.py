@@ -93,6 +93,9 @@ class MethodService:
             try:
                 result = method.complete_enrollment(user=user, record=record, proof=proof, context=method_context)
                 self.login.refuse_registered_elsewhere(uow, record)
+                # A method may name itself at completion (a WebAuthn model): keep names unique per user.
+                others = [m for m in uow.methods.active_for_user(user.id) if m.id != record.id]
+                record.name = self.login.new_method_name("", record.name, others)
             except VerificationError as error:
                 audit.record(
                     uow,

@@ -105,8 +105,9 @@ class WebAuthnMethod:
         )
         _seal(record, context, credential.to_payload())
         record.lookup_key = lookup_key(credential.credential_id)
-        if record.name == self.display_name:
-            record.name = authenticator_name(credential.aaguid, fallback=self.display_name)[:64]
+        if _is_default_name(record.name, self.display_name):
+            # No name was given: the authenticator's model says more than "Security key 2".
+            record.name = authenticator_name(credential.aaguid, fallback=record.name)[:64]
         return VerificationResult(
             method_id=record.id, amr=_amr(credential.backup_eligible), counter=credential.sign_count
         )
@@ -234,3 +235,9 @@ def _open(record: VerificationMethodRecord, context: MethodContext) -> dict[str,
 
 def _credential(record: VerificationMethodRecord, context: MethodContext) -> Credential:
     return Credential.from_payload(_open(record, context), sign_count=record.counter or 0)
+
+
+def _is_default_name(name: str, display_name: str) -> bool:
+    """The name enrollment gives when the user gave none: the type's name, numbered from the second on."""
+    head, _, number = name.rpartition(" ")
+    return name == display_name or (head == display_name and number.isdigit())

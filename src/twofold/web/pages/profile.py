@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -56,6 +56,14 @@ def _signed_in_or_redirect(request: Request) -> Principal | Response:
         clear_cookie(response, SESSION_COOKIE)
         return response
     return principal
+
+
+def _manager_or_response(request: Request) -> Principal | Response:
+    """A session that has local methods to manage; others get the page that says why they have none."""
+    found = _signed_in_or_redirect(request)
+    if isinstance(found, Response) or manages_methods(found):
+        return found
+    return _no_methods_page(request, found)
 
 
 def safe_next(target: str | None, default: str = "/") -> str:
@@ -141,12 +149,15 @@ async def verify_submit(request: Request) -> Response:
         form = await read_form(request)
     except Forbidden as error:
         return csrf_refused(request, error)
-    found = _signed_in_or_redirect(request)
+    found = _manager_or_response(request)
     if isinstance(found, Response):
         return found
     principal = found
     next_path = safe_next(form.get("next"))
     resume = _resume(form.get("resume"))
+    if form.get("choose"):
+        # "Try another method" on a page that carries an interrupted form: a post, so the form stays.
+        return step_up_page(request, principal, next_path=next_path, resume=resume, method=form["choose"][:32])
     verification_type = form.get("type", "totp")[:32]
     proof: dict[str, Any] = {}
     if form.get("code"):
@@ -214,7 +225,15 @@ def _resume(text: str | None) -> dict[str, Any] | None:
     action = value.get("action")
     if not isinstance(action, str) or not action.startswith(RESUMABLE) or safe_next(action, "") != action:
         return None
-    return {"action": action, "fields": {str(k)[:80]: str(v)[:256] for k, v in value["fields"].items()}}
+    # A browser resolves "..", also written "%2e%2e", before posting: "/profile/../logout" is "/logout".
+    if {".", ".."} & set(unquote(action.partition("?")[0]).split("/")):
+        return None
+    # Taken whole (RESUME_LIMIT bounds it): a shortened field would post another change than the one staged,
+    # such as the exemption of another account whose username is the first part of the staged one.
+    fields = value["fields"]
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items()):
+        return None
+    return {"action": action, "fields": dict(fields)}
 
 
 def resume_form(request: Request, form: dict[str, str]) -> dict[str, Any]:
@@ -326,7 +345,7 @@ async def save(request: Request) -> Response:
         form = await read_form(request)
     except Forbidden as error:
         return csrf_refused(request, error)
-    found = _signed_in_or_redirect(request)
+    found = _manager_or_response(request)
     if isinstance(found, Response):
         return found
     return _save(request, found, form)
@@ -368,7 +387,7 @@ async def add(request: Request) -> Response:
         form = await read_form(request)
     except Forbidden as error:
         return csrf_refused(request, error)
-    found = _signed_in_or_redirect(request)
+    found = _manager_or_response(request)
     if isinstance(found, Response):
         return found
     principal = found
@@ -405,7 +424,7 @@ async def complete(request: Request) -> Response:
         form = await read_form(request)
     except Forbidden as error:
         return csrf_refused(request, error)
-    found = _signed_in_or_redirect(request)
+    found = _manager_or_response(request)
     if isinstance(found, Response):
         return found
     principal = found
@@ -454,7 +473,7 @@ async def recovery_codes(request: Request) -> Response:
         await read_form(request)
     except Forbidden as error:
         return csrf_refused(request, error)
-    found = _signed_in_or_redirect(request)
+    found = _manager_or_response(request)
     if isinstance(found, Response):
         return found
     principal = found
