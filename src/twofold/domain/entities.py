@@ -114,6 +114,30 @@ class User:
         return self.status == UserStatus.ACTIVE.value
 
 
+@dataclass(frozen=True)
+class UserMfaFacts:
+    """What reports need of a user, without the whole account: kind, SSO or local, status, lock,
+    whether an active method exists, and the exemption's expiry if one is recorded."""
+
+    id: str
+    username: str
+    kind: str
+    service_type: str | None
+    external_subject: str | None
+    status: str
+    locked_at: datetime | None
+    has_method: bool
+    exemption_expires_at: datetime | None
+
+    @property
+    def is_federated(self) -> bool:
+        return self.external_subject is not None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == UserStatus.ACTIVE.value
+
+
 @dataclass(eq=False)
 class Permission:
     user_id: str

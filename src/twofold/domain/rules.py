@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from datetime import date, datetime
 
 from .clock import as_utc
-from .entities import Exemption, ServiceType, User, UserKind
+from .entities import Exemption, ServiceType, User, UserKind, UserMfaFacts
 from .errors import ValidationFailed
 
 USERNAME_MAX = 128
@@ -79,9 +79,16 @@ def validate_kind(kind: str, service_type: str | None) -> tuple[str, str | None]
 
 def exemption_applies(user: User, exemption: Exemption | None, *, now: datetime, cutoff: date) -> bool:
     """R4: an exemption applies to a local account until it expires; a human's never after the cut-off."""
-    if exemption is None or user.is_federated:
+    return exemption_until_applies(user, exemption.expires_at if exemption else None, now=now, cutoff=cutoff)
+
+
+def exemption_until_applies(
+    user: User | UserMfaFacts, expires_at: datetime | None, *, now: datetime, cutoff: date
+) -> bool:
+    """``exemption_applies`` for an exemption known only by its expiry (reports read no whole rows)."""
+    if expires_at is None or user.is_federated:
         return False
-    if as_utc(exemption.expires_at) <= now:
+    if as_utc(expires_at) <= now:
         return False
     if user.kind != UserKind.SERVICE.value:
         return now.date() < cutoff

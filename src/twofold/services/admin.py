@@ -29,7 +29,13 @@ from twofold.domain.entities import (
 )
 from twofold.domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from twofold.domain.ports import Notifier, UnitOfWork, UnitOfWorkFactory
-from twofold.domain.rules import clean_display_name, clean_email, exemption_applies, username_key
+from twofold.domain.rules import (
+    clean_display_name,
+    clean_email,
+    exemption_applies,
+    exemption_until_applies,
+    username_key,
+)
 
 from . import audit
 from .context import Principal, RequestContext
@@ -367,14 +373,12 @@ class AdminService:
     def attention(self, principal: Principal, organization_id: str) -> Attention:
         with self.uow(read_only=True) as uow:
             organization = self.authorize(uow, principal, organization_id, "users:read")
-            users = list(uow.users.in_organization(organization.root_id))
-            cloned = uow.methods.users_with_cloned(organization.root_id)
-            picked = [u for u in users if u.locked_at is not None or u.id in cloned or not u.is_active]
-            views = {v.user.id: v for v in self._views(uow, organization, picked)}
+            picked = list(uow.users.needing_attention(organization.root_id))
+            views = self._views(uow, organization, picked)
         return Attention(
-            locked=[views[u.id] for u in picked if u.locked_at is not None],
-            cloned_authenticator=[views[u.id] for u in picked if u.id in cloned],
-            disabled=[views[u.id] for u in picked if not u.is_active],
+            locked=[v for v in views if v.user.locked_at is not None],
+            cloned_authenticator=[v for v in views if any(m.cloned_at is not None for m in v.methods)],
+            disabled=[v for v in views if not v.user.is_active],
         )
 
     def mfa_report(self, principal: Principal, organization_id: str) -> MfaReport:
@@ -382,24 +386,22 @@ class AdminService:
         cutoff = self.settings.user_exemption_cutoff
         with self.uow(read_only=True) as uow:
             organization = self.authorize(uow, principal, organization_id, "users:read")
-            users = list(uow.users.in_organization(organization.root_id))
-            exemptions = uow.exemptions.for_users([u.id for u in users])
-            with_method = uow.methods.users_with_active(organization.root_id)
+            facts = list(uow.users.mfa_facts(organization.root_id))
             by_type = uow.methods.count_active_by_type(organization.root_id)
         counts = {"enrolled": 0, "pending_enrollment": 0, "exempt": 0, "sso": 0}
-        for user in users:
+        for user in facts:
             if user.is_federated:
                 counts["sso"] += 1
-            elif exemption_applies(user, exemptions.get(user.id), now=now, cutoff=cutoff):
+            elif exemption_until_applies(user, user.exemption_expires_at, now=now, cutoff=cutoff):
                 counts["exempt"] += 1
-            elif user.id in with_method:
+            elif user.has_method:
                 counts["enrolled"] += 1
             else:
                 counts["pending_enrollment"] += 1
         return MfaReport(
-            users=len(users),
-            locked=sum(1 for u in users if u.locked_at is not None),
-            disabled=sum(1 for u in users if not u.is_active),
+            users=len(facts),
+            locked=sum(1 for u in facts if u.locked_at is not None),
+            disabled=sum(1 for u in facts if not u.is_active),
             methods_by_type=dict(sorted(by_type.items())),
             **counts,
         )

@@ -13,7 +13,14 @@ from datetime import date, datetime, timedelta
 
 from twofold.config import Settings
 from twofold.domain.clock import as_utc, utcnow
-from twofold.domain.entities import ORGANIZATION_ADMINISTRATOR, Exemption, ServiceType, User, UserKind
+from twofold.domain.entities import (
+    ORGANIZATION_ADMINISTRATOR,
+    Exemption,
+    ServiceType,
+    User,
+    UserKind,
+    UserMfaFacts,
+)
 from twofold.domain.errors import NotExemptable, NotFound, ValidationFailed
 from twofold.domain.ports import UnitOfWork, UnitOfWorkFactory
 from twofold.domain.rules import exemption_applies
@@ -42,7 +49,7 @@ class ExemptionView:
         return max(0, left.days + (1 if left.seconds else 0))
 
 
-def refusal(user: User, *, is_admin: bool, now: datetime, cutoff: date) -> str | None:
+def refusal(user: User | UserMfaFacts, *, is_admin: bool, now: datetime, cutoff: date) -> str | None:
     """Why this account cannot be exempted, in words an administrator can act on; None when it can."""
     if user.is_federated:
         return "single sign-on accounts do their MFA at their identity provider and cannot be exempted"
@@ -102,16 +109,16 @@ class ExemptionService:
         with self.uow(read_only=True) as uow:
             organization = self.admin.authorize(uow, principal, organization_id, "users:read")
             admins = set(uow.permissions.holders(organization.root_id, ORGANIZATION_ADMINISTRATOR))
-            users = list(uow.users.in_organization(organization.root_id))
-            listed = uow.exemptions.for_users([u.id for u in users])
             cutoff = self.settings.user_exemption_cutoff
-            return [
-                user
-                for user in users
-                if user.id not in listed
-                and user.is_active
-                and refusal(user, is_admin=user.id in admins, now=now, cutoff=cutoff) is None
+            picked = [
+                facts.id
+                for facts in uow.users.mfa_facts(organization.root_id)
+                if facts.exemption_expires_at is None
+                and facts.is_active
+                and refusal(facts, is_admin=facts.id in admins, now=now, cutoff=cutoff) is None
             ]
+            found = uow.users.by_ids(picked)
+            return [found[user_id] for user_id in picked if user_id in found]
 
     def exempt(
         self,

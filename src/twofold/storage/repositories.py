@@ -97,9 +97,43 @@ class UserRepository(_Repository):
     def all_ids(self) -> Sequence[str]:
         return self.s.scalars(select(t.users.c.id)).all()
 
-    def in_organization(self, organization_id: str) -> Sequence[e.User]:
-        c = t.users.c
-        return self.s.scalars(select(e.User).where(c.organization_id == organization_id).order_by(c.username_key)).all()
+    def needing_attention(self, organization_id: str) -> Sequence[e.User]:
+        """Locked or disabled accounts, and holders of an authenticator flagged as cloned."""
+        c, m = t.users.c, t.verification_methods.c
+        cloned = select(m.user_id).where(m.cloned_at.is_not(None), m.status == e.MethodStatus.ACTIVE.value)
+        return self.s.scalars(
+            select(e.User)
+            .where(
+                c.organization_id == organization_id,
+                or_(c.locked_at.is_not(None), c.status != e.UserStatus.ACTIVE.value, c.id.in_(cloned)),
+            )
+            .order_by(c.username_key)
+        ).all()
+
+    def mfa_facts(self, organization_id: str) -> Sequence[e.UserMfaFacts]:
+        """One light row per user (no ORM objects): what the coverage report and the exemption candidates
+        need, for organizations of tens of thousands of users."""
+        c, m, x = t.users.c, t.verification_methods.c, t.exemptions.c
+        has_method = (
+            select(m.id).where(m.user_id == c.id, m.status == e.MethodStatus.ACTIVE.value).exists().label("has_method")
+        )
+        rows = self.s.execute(
+            select(
+                c.id,
+                c.username,
+                c.kind,
+                c.service_type,
+                c.external_subject,
+                c.status,
+                c.locked_at,
+                has_method,
+                x.expires_at,
+            )
+            .select_from(t.users.outerjoin(t.exemptions, x.user_id == c.id))
+            .where(c.organization_id == organization_id)
+            .order_by(c.username_key)
+        ).all()
+        return [e.UserMfaFacts(*row) for row in rows]
 
     def by_ids(self, user_ids: Sequence[str]) -> dict[str, e.User]:
         if not user_ids:
@@ -222,30 +256,6 @@ class MethodRepository(_Repository):
             .group_by(m.type)
         ).all()
         return {row[0]: (int(row[1]), int(row[2])) for row in rows}
-
-    def users_with_active(self, organization_id: str) -> set[str]:
-        m, u = t.verification_methods.c, t.users.c
-        return set(
-            self.s.scalars(
-                select(func.distinct(m.user_id))
-                .select_from(t.verification_methods.join(t.users, u.id == m.user_id))
-                .where(u.organization_id == organization_id, m.status == e.MethodStatus.ACTIVE.value)
-            ).all()
-        )
-
-    def users_with_cloned(self, organization_id: str) -> set[str]:
-        m, u = t.verification_methods.c, t.users.c
-        return set(
-            self.s.scalars(
-                select(func.distinct(m.user_id))
-                .select_from(t.verification_methods.join(t.users, u.id == m.user_id))
-                .where(
-                    u.organization_id == organization_id,
-                    m.status == e.MethodStatus.ACTIVE.value,
-                    m.cloned_at.is_not(None),
-                )
-            ).all()
-        )
 
     def all_sealed(self) -> Sequence[e.VerificationMethodRecord]:
         c = t.verification_methods.c
