@@ -7,7 +7,7 @@ import pytest
 
 from twofold.domain.clock import utcnow
 from twofold.domain.entities import MethodStatus, Organization, User, UserKind
-from twofold.domain.errors import ValidationFailed, VerificationError
+from twofold.domain.errors import ProofPending, ValidationFailed, VerificationError
 from twofold.domain.verification import MethodContext, VerificationResult
 from twofold.methods.registry import MethodRegistry, default_registry
 from twofold.methods.totp import TotpMethod
@@ -54,7 +54,8 @@ def test_enrollment_is_two_phase_and_wrong_proofs_raise(method):
         if isinstance(value, str) and len(value) >= 6 and record.payload_encrypted:
             assert value not in record.payload_encrypted
     for proof in WRONG_PROOFS:
-        with pytest.raises(VerificationError):
+        # A method whose proof arrives out of band (a push device pairing) may answer "still pending".
+        with pytest.raises((VerificationError, ProofPending)):
             method.complete_enrollment(user=user, record=record, proof=proof, context=context)
         with pytest.raises(VerificationError):
             method.verify(user=user, methods=[record], proof=proof, context=context)
@@ -82,9 +83,38 @@ def test_totp_round_trip():
     assert (verified.method_id, verified.counter, verified.amr) == (started.record.id, step + 1, ("otp",))
 
 
+def test_push_round_trip():
+    """Pending until the device's key is in the payload (the push service seals it there at pairing);
+    then only an approval the service consumed, by one of the user's active devices, verifies."""
+    import json
+
+    from twofold.domain.entities import VerificationMethodRecord
+    from twofold.methods.push import PushMethod
+    from twofold.methods.push.device import new_device_key, public_jwk
+    from twofold.methods.push.method import seal_context
+
+    method, context, user = PushMethod(), _context(), _user()
+    started = method.begin_enrollment(user=user, name="Phone", context=context)
+    record = started.record
+    assert started.client_data["pairing_uri"].startswith("twofold://pair?server=http%3A%2F%2Flocalhost%3A8000&code=")
+    assert len(started.client_data["pairing_code"]) >= 22 and record.lookup_key.startswith("push-pairing:")
+    with pytest.raises(ProofPending):
+        method.complete_enrollment(user=user, record=record, proof={}, context=context)
+    payload = {"public_jwk": public_jwk(new_device_key())}
+    record.payload_encrypted = context.sealer.seal(json.dumps(payload).encode(), context=seal_context(record))
+    result = method.complete_enrollment(user=user, record=record, proof={}, context=context)
+    assert (result.method_id, result.amr) == (record.id, ("swk",))
+    record.status = MethodStatus.ACTIVE.value
+    assert method.verify(user=user, methods=[record], proof={"approved_by": record.id}, context=context).amr == ("swk",)
+    other = VerificationMethodRecord(user_id=user.id, type="totp", name="App", status=MethodStatus.ACTIVE.value)
+    for proof in ({"approved_by": other.id}, {"approved_by": "someone-else"}, {"challenge_id": "x"}):
+        with pytest.raises(VerificationError):
+            method.verify(user=user, methods=[record, other], proof=proof, context=context)
+
+
 def test_registry_refuses_unknown_types_and_duplicates():
     registry = default_registry()
-    assert registry.method_types == ["totp", "platform_authenticator", "security_key"]
+    assert registry.method_types == ["totp", "platform_authenticator", "security_key", "push"]
     assert isinstance(registry.method("totp"), TotpMethod)
     assert [m.method_type for m in registry.for_verification_type("totp")] == ["totp"]
     # One verification type, "webauthn", answers for both WebAuthn method types (API.md).

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     public_url: str = "http://localhost:8000"
     user_exemption_cutoff: date = date(2023, 8, 1)
     smtp_url: str | None = None
+    # Push: an optional webhook that is told of each new challenge (a deployment's own relay to phones).
+    push_webhook_url: str | None = None
+    push_webhook_secret: SecretStr | None = None
     trusted_proxies: str = ""
 
     # Lifetimes (DESIGN.md §2, API.md "Transaction lifecycle", SECURITY.md AAL2 sessions).
@@ -143,6 +146,14 @@ class Settings(BaseSettings):
     def validate_for_serving(self) -> None:
         self.secret_keys()
         _ = self.trusted_proxy_networks
+        if self.push_webhook_url:
+            if urlsplit(self.push_webhook_url).scheme not in {"http", "https"}:
+                raise ConfigurationError("TWOFOLD_PUSH_WEBHOOK_URL must be an http(s) URL")
+            secret = self.push_webhook_secret.get_secret_value() if self.push_webhook_secret else ""
+            if len(secret) < 32:
+                raise ConfigurationError(
+                    "TWOFOLD_PUSH_WEBHOOK_SECRET (at least 32 characters) signs the webhook's calls; set it"
+                )
 
 
 def _dev_secret_key() -> str:

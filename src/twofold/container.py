@@ -20,11 +20,14 @@ from twofold.services.maintenance import MaintenanceService
 from twofold.services.methods import MethodService
 from twofold.services.notifications import LogNotifier, SmtpNotifier
 from twofold.services.passwords import Passwords
+from twofold.services.push import PushService
+from twofold.services.push_gateway import NoGateway, PushGateway, WebhookGateway
 from twofold.services.sessions import SessionService
 from twofold.services.step_up import StepUpService
 from twofold.services.throttle import Throttle
 from twofold.storage.database import make_engine
 from twofold.storage.unit_of_work import SqlUnitOfWorkFactory
+from twofold.storage.wakeups import Wakeups, wakeups_for
 
 
 @dataclass
@@ -44,9 +47,12 @@ class Twofold:
     exemptions: ExemptionService
     step_up: StepUpService
     methods: MethodService
+    push: PushService
+    wakeups: Wakeups
     maintenance: MaintenanceService
 
     def close(self) -> None:
+        self.wakeups.close()
         self.uow.engine.dispose()
 
 
@@ -97,6 +103,22 @@ def build(settings: Settings | None = None, *, registry: MethodRegistry | None =
     step_up = StepUpService(uow=uow, registry=registry, sessions=sessions, throttle=throttle, login=login)
     methods = MethodService(uow=uow, registry=registry, sessions=sessions, login=login, notifier=notifier)
     maintenance = MaintenanceService(settings=settings, uow=uow, sealer=sealer)
+    wakeups = wakeups_for(settings.database_url)
+    gateway: PushGateway = (
+        WebhookGateway(settings.push_webhook_url, settings.push_webhook_secret.get_secret_value())
+        if settings.push_webhook_url and settings.push_webhook_secret
+        else NoGateway()
+    )
+    push = PushService(
+        settings=settings,
+        uow=uow,
+        login=login,
+        sessions=sessions,
+        notifier=notifier,
+        gateway=gateway,
+        wakeups=wakeups,
+        method_context=method_context,
+    )
     return Twofold(
         settings=settings,
         uow=uow,
@@ -113,5 +135,7 @@ def build(settings: Settings | None = None, *, registry: MethodRegistry | None =
         exemptions=exemptions,
         step_up=step_up,
         methods=methods,
+        push=push,
+        wakeups=wakeups,
         maintenance=maintenance,
     )

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from twofold.config import ConfigurationError, Settings, load_settings
 from twofold.domain.errors import TwofoldError
 
+from .authenticator import CompanionError
 from .serving import APP, reuse_port_supported, serve_with_reuse_port
 
 DEV_CREDENTIALS = Path("var") / "dev-admin.txt"
@@ -269,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     housekeeping = sub.add_parser("housekeeping", help="purge expired rows and old audit events now")
     housekeeping.set_defaults(handler=cmd_housekeeping)
+
+    from . import authenticator
+
+    authenticator.add_parser(sub)
     return parser
 
 
@@ -281,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (CommandError, TwofoldError) as error:
+    except (CommandError, TwofoldError, CompanionError) as error:
         detail = error.detail if isinstance(error, TwofoldError) else str(error)
         print(f"twofold: error: {detail}", file=sys.stderr)
         return 2

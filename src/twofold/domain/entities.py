@@ -250,6 +250,38 @@ class Challenge:
     created_at: datetime = field(default_factory=utcnow)
 
 
+class PushStatus(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    USED = "used"  # an approval that completed its login or step-up
+
+
+@dataclass(eq=False)
+class PushChallenge:
+    """A push prompt (R8 ``push``): bound to a login transaction or a session, answered once by one of the
+    user's paired devices within 60 s; the device must pick ``number`` among ``choices``."""
+
+    user_id: str
+    number: int
+    choices: list[int]
+    expires_at: datetime
+    login_transaction_id: str | None = None
+    session_id: str | None = None
+    # Only this device is asked when set (API.md ``method_id``); else every paired device of the user.
+    method_id: str | None = None
+    app: str = "Twofold"
+    ip: str | None = None
+    user_agent: str | None = None
+    status: str = PushStatus.PENDING.value
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    not_me: bool = False
+    wrong_number: bool = False
+    id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=utcnow)
+
+
 @dataclass(eq=False)
 class RecoveryCode:
     """One of a user's one-time recovery codes (R8); only its hash is stored."""

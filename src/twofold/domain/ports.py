@@ -15,6 +15,7 @@ from .entities import (
     OneTimeToken,
     Organization,
     Permission,
+    PushChallenge,
     Session,
     ThrottleState,
     User,
@@ -117,6 +118,31 @@ class ChallengeRepository(Protocol):
         ...
 
 
+class PushChallengeRepository(Protocol):
+    def add(self, challenge: PushChallenge) -> None: ...
+    def get(self, challenge_id: str) -> PushChallenge | None: ...
+    def for_device(self, user_id: str, device_id: str, *, now: datetime) -> Sequence[PushChallenge]: ...
+    def created_since(self, user_id: str, since: datetime) -> Sequence[datetime]: ...
+    def decide(
+        self,
+        challenge_id: str,
+        *,
+        status: str,
+        decided_by: str,
+        now: datetime,
+        not_me: bool = False,
+        wrong_number: bool = False,
+    ) -> bool: ...
+    def consume_approval(
+        self, challenge_id: str, *, user_id: str, login_transaction_id: str | None, session_id: str | None
+    ) -> str | None: ...
+    def users_with_not_me(self, user_ids: Sequence[str]) -> set[str]: ...
+
+
+class DeviceRequestIdRepository(Protocol):
+    def remember(self, jti_hash: str, *, expires_at: datetime) -> bool: ...
+
+
 class RecoveryCodeRepository(Protocol):
     def replace_for_user(self, user_id: str, code_hashes: Sequence[str]) -> None: ...
     def count_unused(self, user_id: str) -> int: ...
@@ -135,6 +161,7 @@ class TransactionRepository(Protocol):
         """Atomically count one attempt on an open transaction; the new count, or None if it is not open."""
         ...
 
+    def release_attempt(self, transaction_id: str) -> None: ...
     def end(self, transaction_id: str, *, now: datetime) -> None: ...
     def end_all_for_user(self, user_id: str, *, now: datetime, except_id: str | None = None) -> int: ...
 
@@ -202,6 +229,8 @@ class UnitOfWork(Protocol):
     methods: MethodRepository
     recovery_codes: RecoveryCodeRepository
     challenges: ChallengeRepository
+    push_challenges: PushChallengeRepository
+    device_request_ids: DeviceRequestIdRepository
     transactions: TransactionRepository
     sessions: SessionRepository
     tokens: OneTimeTokenRepository

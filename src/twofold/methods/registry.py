@@ -41,7 +41,8 @@ class MethodRegistry:
 
 def default_registry() -> MethodRegistry:
     """The methods this build of Twofold offers."""
+    from twofold.methods.push import PushMethod
     from twofold.methods.totp import TotpMethod
     from twofold.methods.webauthn import PlatformAuthenticatorMethod, SecurityKeyMethod
 
-    return MethodRegistry([TotpMethod(), PlatformAuthenticatorMethod(), SecurityKeyMethod()])
+    return MethodRegistry([TotpMethod(), PlatformAuthenticatorMethod(), SecurityKeyMethod(), PushMethod()])

@@ -69,6 +69,8 @@ class UserView:
     methods: list[VerificationMethodRecord]
     locked_until: datetime | None
     is_admin: bool
+    # A push this user denied as "this wasn't me" (kept 30 days): someone may know their password.
+    reported_not_me: bool = False
 
 
 @dataclass
@@ -92,6 +94,7 @@ class Attention:
 
     locked: list[UserView]
     cloned_authenticator: list[UserView]
+    push_denied_not_me: list[UserView]
     disabled: list[UserView]
 
 
@@ -233,6 +236,7 @@ class AdminService:
         methods = uow.methods.active_for_users(ids)
         providers = {p.id: p for p in uow.identity_providers.for_organization(organization.root_id)}
         admins = set(uow.permissions.holders(organization.root_id, ORGANIZATION_ADMINISTRATOR))
+        not_me = uow.push_challenges.users_with_not_me(ids)
         views = []
         for user in users:
             exemption = exemptions.get(user.id)
@@ -249,6 +253,7 @@ class AdminService:
                     methods=methods.get(user.id, []),
                     locked_until=blocked if blocked and blocked > now else None,
                     is_admin=user.id in admins,
+                    reported_not_me=user.id in not_me,
                 )
             )
         return views
@@ -378,6 +383,7 @@ class AdminService:
         return Attention(
             locked=[v for v in views if v.user.locked_at is not None],
             cloned_authenticator=[v for v in views if any(m.cloned_at is not None for m in v.methods)],
+            push_denied_not_me=[v for v in views if v.reported_not_me],
             disabled=[v for v in views if not v.user.is_active],
         )
 

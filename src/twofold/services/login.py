@@ -25,6 +25,7 @@ from twofold.domain.entities import (
     LoginTransaction,
     MethodStatus,
     Organization,
+    PushStatus,
     TransactionState,
     User,
     VerificationMethodRecord,
@@ -37,6 +38,7 @@ from twofold.domain.errors import (
     InvalidCredentials,
     MethodCloned,
     NotFound,
+    ProofPending,
     RateLimited,
     TransactionExpired,
     UnknownCredential,
@@ -61,6 +63,7 @@ ENROLLMENT_LIFETIME = timedelta(minutes=10)
 # A WebAuthn ceremony's challenge: the options' timeout (2 minutes), never beyond its login transaction.
 CHALLENGE_LIFETIME = timedelta(minutes=2)
 MAX_OPEN_CHALLENGES = 20
+PUSH = "push"  # the verification type of the push method (API.md)
 
 
 @dataclass
@@ -253,7 +256,7 @@ class LoginService:
 
     # -- transactions ----------------------------------------------------------------------------
 
-    def _open_transaction(self, uow: UnitOfWork, token: str, *, now: datetime) -> tuple[LoginTransaction, User]:
+    def open_transaction(self, uow: UnitOfWork, token: str, *, now: datetime) -> tuple[LoginTransaction, User]:
         """The open transaction behind a token; unknown, used, expired: all the same 410."""
         if not isinstance(token, str) or not token.startswith(TRANSACTION_TOKEN_PREFIX + "_") or len(token) > 200:
             raise TransactionExpired()
@@ -268,7 +271,7 @@ class LoginService:
     def transaction_view(self, token: str) -> tuple[LoginTransaction, User, list[VerificationMethodRecord]]:
         """What the pages need to draw the next step."""
         with self.uow(read_only=True) as uow:
-            transaction, user = self._open_transaction(uow, token, now=utcnow())
+            transaction, user = self.open_transaction(uow, token, now=utcnow())
             return transaction, user, list(uow.methods.active_for_user(user.id))
 
     def _claim(
@@ -338,9 +341,12 @@ class LoginService:
         self.check_verification_type(verification_type)
         now = utcnow()
         with self.uow() as uow:
-            transaction, user = self._open_transaction(uow, transaction_token, now=now)
+            transaction, user = self.open_transaction(uow, transaction_token, now=now)
             if transaction.state != TransactionState.MFA_REQUIRED.value:
                 raise Forbidden("this login must enroll a verification method first")
+            self.raise_if_push_pending(
+                uow, user, verification_type, proof, login_transaction_id=transaction.id, now=now
+            )
             attempts, reservation = self._claim(uow, transaction, user, now=now, context=context)
             try:
                 proven = self.prove(
@@ -382,7 +388,7 @@ class LoginService:
         """WebAuthn request options for an mfa_required login; the challenge is kept, bound to it."""
         now = utcnow()
         with self.uow() as uow:
-            transaction, user = self._open_transaction(uow, transaction_token, now=now)
+            transaction, user = self.open_transaction(uow, transaction_token, now=now)
             if transaction.state != TransactionState.MFA_REQUIRED.value:
                 raise Forbidden("this login must enroll a verification method first")
             return self.issue_challenge(
@@ -441,6 +447,31 @@ class LoginService:
             )
         return started.client_data
 
+    @staticmethod
+    def raise_if_push_pending(
+        uow: UnitOfWork,
+        user: User,
+        verification_type: str,
+        proof: Mapping[str, Any],
+        *,
+        login_transaction_id: str | None = None,
+        session_id: str | None = None,
+        now: datetime,
+    ) -> None:
+        """A push not answered yet is "202 pending", not a failed attempt: the page asks until the device
+        answers, and that must not spend the transaction's five attempts."""
+        if verification_type != PUSH:
+            return
+        challenge = uow.push_challenges.get(str(proof.get("challenge_id") or ""))
+        if (
+            challenge is not None
+            and challenge.user_id == user.id
+            and challenge.status == PushStatus.PENDING.value
+            and as_utc(challenge.expires_at) > now
+            and (challenge.login_transaction_id, challenge.session_id) == (login_transaction_id, session_id)
+        ):
+            raise ProofPending("waiting for your device to answer")
+
     def check_verification_type(self, verification_type: str) -> None:
         """422 for a ``type`` no registered method (nor the recovery codes) answers to."""
         if verification_type != recovery_codes.VERIFICATION_TYPE:
@@ -465,6 +496,19 @@ class LoginService:
         """
         if verification_type == recovery_codes.VERIFICATION_TYPE:
             return self._prove_recovery_code(uow, user, proof=proof, context=context, now=now)
+        if verification_type == PUSH:
+            # The proof of a push is the approval the device signed, consumed here once for this very
+            # login or step-up; nothing the client sends besides the challenge id counts.
+            challenge_id = proof.get("challenge_id")
+            approved_by = uow.push_challenges.consume_approval(
+                challenge_id if isinstance(challenge_id, str) else "",
+                user_id=user.id,
+                login_transaction_id=login_transaction_id,
+                session_id=session_id,
+            )
+            if approved_by is None:
+                raise VerificationError("the push notification was denied, expired or not sent for this sign-in")
+            proof = {"approved_by": approved_by}
         candidates = self.registry.for_verification_type(verification_type)
         records = list(uow.methods.active_for_user(user.id))
         organization = uow.organizations.get(user.organization_id)
@@ -599,7 +643,7 @@ class LoginService:
     # -- forced enrollment (R3) ------------------------------------------------------------------
 
     def _enrollment_transaction(self, uow: UnitOfWork, token: str, *, now: datetime) -> tuple[LoginTransaction, User]:
-        transaction, user = self._open_transaction(uow, token, now=now)
+        transaction, user = self.open_transaction(uow, token, now=now)
         if transaction.state != TransactionState.ENROLLMENT_REQUIRED.value:
             # A half-authenticated user never adds a method to an account that has one (Keycloak bypass).
             raise Forbidden("this login must be finished with a registered verification method")
@@ -717,6 +761,11 @@ class LoginService:
             try:
                 result = method.complete_enrollment(user=user, record=record, proof=proof, context=method_context)
                 self.refuse_registered_elsewhere(uow, record)
+            except ProofPending:
+                # Not an attempt: the device has not paired yet, and the page asks again until it has.
+                uow.transactions.release_attempt(transaction.id)
+                uow.commit()
+                raise
             except VerificationError as error:
                 attempts_left = max(0, self.settings.transaction_max_failures - attempts)
                 if attempts_left == 0:

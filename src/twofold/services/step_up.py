@@ -67,6 +67,9 @@ class StepUpService:
                 raise Forbidden("this account has no verification method to step up with")
             if user.locked_at is not None:
                 self.login._refuse_locked(uow, user, now=now, context=context)
+            self.login.raise_if_push_pending(
+                uow, user, verification_type, proof, session_id=principal.session.id, now=now
+            )
             reservation = self.throttle.reserve_mfa_attempt(uow, user.id, now=now)
             uow.commit()
             try:

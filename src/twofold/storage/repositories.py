@@ -98,14 +98,21 @@ class UserRepository(_Repository):
         return self.s.scalars(select(t.users.c.id)).all()
 
     def needing_attention(self, organization_id: str) -> Sequence[e.User]:
-        """Locked or disabled accounts, and holders of an authenticator flagged as cloned."""
+        """Locked or disabled accounts, holders of an authenticator flagged as cloned, and users who denied
+        a push as "this wasn't me"."""
         c, m = t.users.c, t.verification_methods.c
         cloned = select(m.user_id).where(m.cloned_at.is_not(None), m.status == e.MethodStatus.ACTIVE.value)
+        not_me = select(t.push_challenges.c.user_id).where(t.push_challenges.c.not_me.is_(True))
         return self.s.scalars(
             select(e.User)
             .where(
                 c.organization_id == organization_id,
-                or_(c.locked_at.is_not(None), c.status != e.UserStatus.ACTIVE.value, c.id.in_(cloned)),
+                or_(
+                    c.locked_at.is_not(None),
+                    c.status != e.UserStatus.ACTIVE.value,
+                    c.id.in_(cloned),
+                    c.id.in_(not_me),
+                ),
             )
             .order_by(c.username_key)
         ).all()
@@ -359,6 +366,97 @@ class ChallengeRepository(_Repository):
         )
 
 
+class PushChallengeRepository(_Repository):
+    def add(self, challenge: e.PushChallenge) -> None:
+        self.s.add(challenge)
+
+    def get(self, challenge_id: str) -> e.PushChallenge | None:
+        return self.s.get(e.PushChallenge, challenge_id) if isinstance(challenge_id, str) else None
+
+    def for_device(self, user_id: str, device_id: str, *, now: datetime) -> Sequence[e.PushChallenge]:
+        """Open challenges a device may answer: the user's, unanswered, unexpired, for it or any device."""
+        c = t.push_challenges.c
+        return self.s.scalars(
+            select(e.PushChallenge)
+            .where(
+                c.user_id == user_id,
+                c.status == e.PushStatus.PENDING.value,
+                c.expires_at > now,
+                or_(c.method_id.is_(None), c.method_id == device_id),
+            )
+            .order_by(c.created_at)
+        ).all()
+
+    def created_since(self, user_id: str, since: datetime) -> Sequence[datetime]:
+        c = t.push_challenges.c
+        return self.s.scalars(
+            select(c.created_at).where(c.user_id == user_id, c.created_at > since).order_by(c.created_at)
+        ).all()
+
+    def decide(
+        self,
+        challenge_id: str,
+        *,
+        status: str,
+        decided_by: str,
+        now: datetime,
+        not_me: bool = False,
+        wrong_number: bool = False,
+    ) -> bool:
+        """Record the one answer a challenge gets: a conditional UPDATE, so that of two answers (two
+        devices, or a replay) exactly one counts."""
+        c = t.push_challenges.c
+        result: Any = self.s.execute(
+            update(t.push_challenges)
+            .where(c.id == challenge_id, c.status == e.PushStatus.PENDING.value, c.expires_at > now)
+            .values(status=status, decided_by=decided_by, decided_at=now, not_me=not_me, wrong_number=wrong_number)
+        )
+        return int(result.rowcount or 0) == 1
+
+    def consume_approval(
+        self, challenge_id: str, *, user_id: str, login_transaction_id: str | None, session_id: str | None
+    ) -> str | None:
+        """Turn an approval into the proof of this login or step-up, once; returns the approving device."""
+        c = t.push_challenges.c
+        bound = (
+            c.login_transaction_id == login_transaction_id
+            if login_transaction_id is not None
+            else c.session_id == session_id
+        )
+        row = self.s.execute(
+            select(c.decided_by).where(
+                c.id == challenge_id, c.user_id == user_id, bound, c.status == e.PushStatus.APPROVED.value
+            )
+        ).first()
+        if row is None:
+            return None
+        result: Any = self.s.execute(
+            update(t.push_challenges)
+            .where(c.id == challenge_id, c.status == e.PushStatus.APPROVED.value)
+            .values(status=e.PushStatus.USED.value)
+        )
+        return str(row.decided_by) if int(result.rowcount or 0) == 1 else None
+
+    def users_with_not_me(self, user_ids: Sequence[str]) -> set[str]:
+        if not user_ids:
+            return set()
+        c = t.push_challenges.c
+        return set(
+            self.s.scalars(select(func.distinct(c.user_id)).where(c.user_id.in_(list(user_ids)), c.not_me.is_(True)))
+        )
+
+
+class DeviceRequestIdRepository(_Repository):
+    def remember(self, jti_hash: str, *, expires_at: datetime) -> bool:
+        """True the first time a request id is seen; False for a replay (in any process)."""
+        try:
+            with self.s.begin_nested():
+                self.s.execute(insert(t.device_request_ids).values(jti_hash=jti_hash, expires_at=expires_at))
+        except IntegrityError:
+            return False
+        return True
+
+
 class RecoveryCodeRepository(_Repository):
     def replace_for_user(self, user_id: str, code_hashes: Sequence[str]) -> None:
         self.delete_for_user(user_id)
@@ -410,6 +508,16 @@ class TransactionRepository(_Repository):
         ).scalar()
         self._refresh(transaction_id)
         return None if count is None else int(count)
+
+    def release_attempt(self, transaction_id: str) -> None:
+        """Give back a claimed attempt whose proof turned out to be still on its way (a push pairing)."""
+        c = t.login_transactions.c
+        self.s.execute(
+            update(t.login_transactions)
+            .where(c.id == transaction_id, c.failed_attempts > 0)
+            .values(failed_attempts=c.failed_attempts - 1)
+        )
+        self._refresh(transaction_id)
 
     def end(self, transaction_id: str, *, now: datetime) -> None:
         c = t.login_transactions.c
@@ -573,6 +681,12 @@ class Housekeeping(_Repository):
         )
         run("one_time_tokens", delete(t.one_time_tokens).where(t.one_time_tokens.c.expires_at < now))
         run("challenges", delete(t.challenges).where(t.challenges.c.expires_at < now))
+        # Push challenges are kept a day after they expire: the console shows "this wasn't me" reports.
+        run(
+            "push_challenges",
+            delete(t.push_challenges).where(t.push_challenges.c.expires_at < now - timedelta(days=30)),
+        )
+        run("device_request_ids", delete(t.device_request_ids).where(t.device_request_ids.c.expires_at < now))
         # A throttle row matters until its block ends and its window closes; a day later it is history.
         stale = now - timedelta(days=1)
         run(

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -168,6 +169,36 @@ challenges = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )
 
+push_challenges = Table(
+    "push_challenges",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("login_transaction_id", ID, nullable=True),
+    Column("session_id", ID, nullable=True),
+    Column("method_id", ID, nullable=True),
+    Column("number", Integer, nullable=False),
+    Column("choices", JSON, nullable=False),
+    Column("app", String(200), nullable=False),
+    Column("ip", String(64), nullable=True),
+    Column("user_agent", String(512), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("decided_by", ID, nullable=True),
+    Column("decided_at", UTCDateTime, nullable=True),
+    Column("not_me", Boolean, nullable=False),
+    Column("wrong_number", Boolean, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Each device request's JWS id (``jti``), kept until its ``iat`` is out of the accepted window.
+device_request_ids = Table(
+    "device_request_ids",
+    metadata,
+    Column("jti_hash", String(64), primary_key=True),
+    Column("expires_at", UTCDateTime, nullable=False, index=True),
+)
+
 recovery_codes = Table(
     "recovery_codes",
     metadata,
@@ -265,6 +296,7 @@ def map_entities() -> None:
     mapper_registry.map_imperatively(e.VerificationMethodRecord, verification_methods)
     mapper_registry.map_imperatively(e.RecoveryCode, recovery_codes)
     mapper_registry.map_imperatively(e.Challenge, challenges)
+    mapper_registry.map_imperatively(e.PushChallenge, push_challenges)
     mapper_registry.map_imperatively(e.LoginTransaction, login_transactions)
     mapper_registry.map_imperatively(e.Session, sessions)
     mapper_registry.map_imperatively(e.OneTimeToken, one_time_tokens)

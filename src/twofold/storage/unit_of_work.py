@@ -60,6 +60,8 @@ class SqlUnitOfWork:
         self.methods = r.MethodRepository(session)
         self.recovery_codes = r.RecoveryCodeRepository(session)
         self.challenges = r.ChallengeRepository(session)
+        self.push_challenges = r.PushChallengeRepository(session)
+        self.device_request_ids = r.DeviceRequestIdRepository(session)
         self.transactions = r.TransactionRepository(session)
         self.sessions = r.SessionRepository(session)
         self.tokens = r.OneTimeTokenRepository(session)

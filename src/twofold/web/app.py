@@ -20,6 +20,7 @@ from . import problems
 from .api import admin as admin_api
 from .api import login as login_api
 from .api import me as me_api
+from .api import push as push_api
 from .middleware import LimitsAndHeaders
 from .pages import common as page_common
 from .pages import console as console_pages
@@ -59,6 +60,7 @@ def create_app(
     app.include_router(login_api.router)
     app.include_router(me_api.router)
     app.include_router(admin_api.router)
+    app.include_router(push_api.router)
     app.include_router(pages.router)
     app.include_router(profile_pages.router)
     app.include_router(console_pages.router)

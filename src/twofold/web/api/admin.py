@@ -64,6 +64,8 @@ def user_body(view: UserView) -> dict[str, Any]:
         flags.append("locked")
     if any(method.cloned_at is not None for method in view.methods):
         flags.append("cloned_authenticator")
+    if view.reported_not_me:
+        flags.append("push_denied_not_me")
     return {
         "id": user.id,
         "username": user.username,
@@ -206,6 +208,7 @@ def attention(org: str, principal: CurrentPrincipal, twofold: App) -> dict[str, 
     return {
         "locked": [user_body(v) for v in found.locked],
         "cloned_authenticator": [user_body(v) for v in found.cloned_authenticator],
+        "push_denied_not_me": [user_body(v) for v in found.push_denied_not_me],
         "disabled": [user_body(v) for v in found.disabled],
     }
 

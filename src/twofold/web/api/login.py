@@ -19,6 +19,7 @@ from .schemas import (
     LoginBody,
     PasswordResetCompleteBody,
     PasswordResetRequestBody,
+    PushStartBody,
     SetupBody,
     VerifyBody,
     WebAuthnOptionsBody,
@@ -86,6 +87,18 @@ def webauthn_options(body: WebAuthnOptionsBody, twofold: App, context: Context) 
         transaction_token=body.transaction, method_type=body.type, context=context
     )
     return JSONResponse(options, headers=_NO_STORE)
+
+
+@router.post("/login/push", summary="Send a push notification to the user's paired devices")
+def push(body: PushStartBody, twofold: App, context: Context) -> JSONResponse:
+    started = twofold.push.start_for_login(
+        transaction_token=body.transaction, method_id=body.method_id, context=context
+    )
+    return JSONResponse(push_started_body(started), headers=_NO_STORE)
+
+
+def push_started_body(started: Any) -> dict[str, Any]:
+    return {"challenge_id": started.challenge_id, "number": started.number, "expires_at": ts(started.expires_at)}
 
 
 @router.post("/login/enroll", summary="Start enrolling the first method of an enrollment_required transaction")

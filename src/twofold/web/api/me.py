@@ -7,8 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
+from twofold.domain.errors import ProofPending
+
 from ..deps import App, Context, CurrentPrincipal
-from .login import enrollment_body
+from .login import enrollment_body, push_started_body
 from .schemas import (
     PROBLEM_RESPONSES,
     MethodCompleteBody,
@@ -16,6 +18,7 @@ from .schemas import (
     MethodRenameBody,
     PasswordChangeBody,
     StepUpBody,
+    StepUpPushBody,
     StepUpWebAuthnOptionsBody,
     ts,
 )
@@ -89,9 +92,12 @@ def add_method(body: MethodEnrollBody, principal: CurrentPrincipal, twofold: App
 def complete_method(
     enrollment_id: str, body: MethodCompleteBody, principal: CurrentPrincipal, twofold: App, context: Context
 ) -> JSONResponse:
-    completed = twofold.methods.complete(
-        principal, enrollment_id=enrollment_id[:64], proof=body.proof(), context=context
-    )
+    try:
+        completed = twofold.methods.complete(
+            principal, enrollment_id=enrollment_id[:64], proof=body.proof(), context=context
+        )
+    except ProofPending:
+        return JSONResponse({"status": "pending"}, status_code=202, headers=_NO_STORE)
     result = method_view(completed.method)
     if completed.recovery_codes:
         result["recovery_codes"] = completed.recovery_codes
@@ -125,10 +131,19 @@ def step_up_webauthn_options(
     return JSONResponse(options, headers=_NO_STORE)
 
 
+@router.post("/step-up/push", summary="Send a push notification for a step-up")
+def step_up_push(body: StepUpPushBody, principal: CurrentPrincipal, twofold: App, context: Context) -> JSONResponse:
+    started = twofold.push.start_for_step_up(principal, method_id=body.method_id, context=context)
+    return JSONResponse(push_started_body(started), headers=_NO_STORE)
+
+
 @router.post("/step-up", summary="A fresh second factor renews step_up_until")
-def step_up(body: StepUpBody, principal: CurrentPrincipal, twofold: App, context: Context) -> dict[str, Any]:
-    until = twofold.step_up.step_up(principal, verification_type=body.type, proof=body.proof(), context=context)
-    return {"step_up_until": ts(until)}
+def step_up(body: StepUpBody, principal: CurrentPrincipal, twofold: App, context: Context) -> JSONResponse:
+    try:
+        until = twofold.step_up.step_up(principal, verification_type=body.type, proof=body.proof(), context=context)
+    except ProofPending:
+        return JSONResponse({"status": "pending"}, status_code=202, headers=_NO_STORE)
+    return JSONResponse({"step_up_until": ts(until)}, headers=_NO_STORE)
 
 
 @router.post("/password", status_code=204, summary="Change the password; other sessions end, MFA stays")

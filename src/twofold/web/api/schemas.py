@@ -168,6 +168,26 @@ class UpdateUserBody(Body):
     status: Literal["active", "disabled"] | None = None
 
 
+class PushPairBody(Body):
+    pairing_code: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    public_key: JsonObject
+    device_name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    platform: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class PushResponseBody(Body):
+    response: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+class PushStartBody(Body):
+    transaction: Token
+    method_id: Short | None = None
+
+
+class StepUpPushBody(Body):
+    method_id: Short | None = None
+
+
 class ExemptionBody(Body):
     expires_at: datetime | None = None
 

@@ -6,15 +6,18 @@ Each form carries a CSRF token bound to a ``__Host-`` cookie and is refused from
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from twofold.container import Twofold
 from twofold.domain.clock import as_utc, utcnow
@@ -159,6 +162,10 @@ def enrollment_page(
             "complete_action": complete_action,
             "back": back,
             "error": error,
+            # A push enrollment's page asks here whether the device has paired.
+            "pairing_status_url": "/login/enroll/status"
+            if complete_action.startswith("/login")
+            else "/profile/mfa/status",
         },
         principal=principal,
     )
@@ -167,3 +174,34 @@ def enrollment_page(
 def recovery_codes_context(codes: list[str], *, added: str | None = None) -> dict[str, Any]:
     text = "Twofold recovery codes. Each signs you in once, in place of a verification code.\n\n"
     return {"recovery_codes": codes, "recovery_codes_text": text + "\n".join(codes) + "\n", "added": added}
+
+
+PUSH_WAIT_LIMIT = 25  # seconds (DESIGN.md §6)
+
+
+async def push_status_answer(
+    request: Request, challenge_id: str, wait: int, read_status: Callable[[], str]
+) -> JSONResponse:
+    """The sign-in page's long poll of a push challenge: answers as soon as the device has answered
+    (a wake-up), or with "pending" after ``wait`` seconds."""
+    from twofold.services.push import challenge_key
+
+    return await long_poll_status(request, challenge_key(challenge_id), wait, read_status)
+
+
+async def long_poll_status(request: Request, key: str, wait: int, read_status: Callable[[], str]) -> JSONResponse:
+    """``{"status": …}`` as soon as it is no longer "pending" (woken by ``key``), or after ``wait`` seconds."""
+    twofold = twofold_of(request)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(0, min(wait, PUSH_WAIT_LIMIT))
+    async with twofold.wakeups.subscribe([key]) as subscription:
+        while True:
+            try:
+                status = await run_in_threadpool(read_status)
+            except TwofoldError as error:
+                return JSONResponse({"status": "unknown", "detail": error.detail}, status_code=error.status)
+            remaining = deadline - loop.time()
+            if status != "pending" or remaining <= 0 or await request.is_disconnected():
+                break
+            await subscription.wait(min(remaining, twofold.wakeups.interval))
+    return JSONResponse({"status": status}, headers={"Cache-Control": "no-store"})

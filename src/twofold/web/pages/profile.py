@@ -26,6 +26,7 @@ from twofold.domain.errors import (
 )
 from twofold.services.context import Principal
 from twofold.services.login import EnrollmentStarted
+from twofold.services.push import enrollment_key
 
 from .. import problems
 from ..deps import SESSION_COOKIE, request_context
@@ -35,6 +36,9 @@ from .common import (
     csrf_refused,
     current_principal,
     enrollment_page,
+    long_poll_status,
+    problem_message,
+    push_status_answer,
     read_form,
     recovery_codes_context,
     render,
@@ -96,6 +100,7 @@ def step_up_page(
     error: str | None = None,
     method: str | None = None,
     status: int = 200,
+    push_challenge: Any = None,
 ) -> HTMLResponse:
     """The verification step for a full session: the same controls as the login's second step."""
     twofold = twofold_of(request)
@@ -124,6 +129,9 @@ def step_up_page(
             "recovery_codes_available": recovery_codes_left > 0,
             "notice": reason,
             "error": error,
+            "push_action": "/profile/verify/push",
+            "push_challenge": push_challenge,
+            "push_status_url": "/profile/verify/push/status",
         },
         principal=principal,
         status=status,
@@ -187,6 +195,65 @@ async def verify_submit(request: Request) -> Response:
     if resume is not None:
         return _resume_action(request, principal, resume)
     return RedirectResponse(next_path, status_code=303)
+
+
+@router.post("/profile/verify/push", response_class=HTMLResponse)
+async def verify_push_send(request: Request) -> Response:
+    try:
+        form = await read_form(request)
+    except Forbidden as error:
+        return csrf_refused(request, error)
+    found = _manager_or_response(request)
+    if isinstance(found, Response):
+        return found
+    principal = found
+    next_path = safe_next(form.get("next"))
+    resume = _resume(form.get("resume"))
+    try:
+        started = twofold_of(request).push.start_for_step_up(
+            principal, method_id=form.get("method_id") or None, context=request_context(request)
+        )
+    except Unauthenticated:
+        return RedirectResponse("/login?expired=1", status_code=303)
+    except TwofoldError as error:
+        return step_up_page(
+            request,
+            principal,
+            next_path=next_path,
+            resume=resume,
+            error=problem_message(error),
+            method="push",
+            status=error.status,
+        )
+    return step_up_page(request, principal, next_path=next_path, resume=resume, method="push", push_challenge=started)
+
+
+@router.get("/profile/verify/push/status")
+async def verify_push_status(request: Request, challenge_id: str = "", wait: int = 0) -> Response:
+    principal = current_principal(request)
+    if principal is None or principal.session is None:
+        return problems.from_error(Unauthenticated("sign in again"))
+    session_id = principal.session.id
+    twofold = twofold_of(request)
+
+    def read() -> str:
+        return twofold.push.status(challenge_id[:64], user_id=principal.user.id, session_id=session_id)
+
+    return await push_status_answer(request, challenge_id[:64], wait, read)
+
+
+@router.get("/profile/mfa/status")
+async def enrollment_status(request: Request, enrollment_id: str = "", wait: int = 0) -> Response:
+    """A push enrollment page's long poll (from the profile): has the device paired yet?"""
+    principal = current_principal(request)
+    if principal is None:
+        return problems.from_error(Unauthenticated("sign in again"))
+    twofold = twofold_of(request)
+
+    def read() -> str:
+        return twofold.push.pairing_status(enrollment_id[:64], user_id=principal.user.id, login_transaction_id=None)
+
+    return await long_poll_status(request, enrollment_key(enrollment_id[:64]), wait, read)
 
 
 @router.post("/profile/verify/webauthn/options")

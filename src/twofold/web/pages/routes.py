@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from twofold.domain.clock import as_utc, utcnow
 from twofold.domain.entities import TokenPurpose
@@ -23,6 +24,7 @@ from twofold.domain.errors import (
     ValidationFailed,
 )
 from twofold.services.login import EnrollmentStarted, LoginOutcome
+from twofold.services.push import enrollment_key
 
 from .. import problems
 from ..deps import LOGIN_COOKIE, SESSION_COOKIE, request_context
@@ -32,7 +34,9 @@ from .common import (
     csrf_refused,
     current_principal,
     enrollment_page,
+    long_poll_status,
     problem_message,
+    push_status_answer,
     read_form,
     recovery_codes_context,
     render,
@@ -244,6 +248,65 @@ async def verify_submit(request: Request) -> Response:
     if outcome.recovery_codes_remaining is not None:
         return _signed_in(request, outcome, "/?signed_in_with=recovery_code")
     return _signed_in(request, outcome)
+
+
+@router.post("/login/push", response_class=HTMLResponse)
+async def push_send(request: Request) -> Response:
+    """ "Send push notification": a challenge for this login, then the page that shows its number."""
+    try:
+        form = await read_form(request)
+    except Forbidden as error:
+        return csrf_refused(request, error)
+    found = _transaction_or_restart(request)
+    if isinstance(found, Response):
+        return found
+    token, view = found
+    context = _verify_context(request, view, method="push")
+    try:
+        started = twofold_of(request).push.start_for_login(
+            transaction_token=token, method_id=form.get("method_id") or None, context=request_context(request)
+        )
+    except TransactionExpired:
+        return RedirectResponse("/login?expired=1", status_code=303)
+    except TwofoldError as error:
+        context["error"] = problem_message(error)
+        response = render(request, "verify.html", context, status=error.status)
+        if isinstance(error, RateLimited):
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
+    context.update(push_challenge=started, push_status_url="/login/push/status")
+    return render(request, "verify.html", context)
+
+
+@router.get("/login/push/status")
+async def push_status(request: Request, challenge_id: str = "", wait: int = 0) -> Response:
+    token = request.cookies.get(LOGIN_COOKIE) or ""
+    twofold = twofold_of(request)
+    try:
+        transaction, user, _ = await run_in_threadpool(twofold.login.transaction_view, token)
+    except TwofoldError as error:
+        return problems.from_error(error)
+
+    def read() -> str:
+        return twofold.push.status(challenge_id[:64], user_id=user.id, login_transaction_id=transaction.id)
+
+    return await push_status_answer(request, challenge_id[:64], wait, read)
+
+
+@router.get("/login/enroll/status")
+async def enroll_status(request: Request, enrollment_id: str = "", wait: int = 0) -> Response:
+    """A push enrollment page's long poll: has the device paired yet?"""
+    token = request.cookies.get(LOGIN_COOKIE) or ""
+    twofold = twofold_of(request)
+    try:
+        transaction, user, _ = await run_in_threadpool(twofold.login.transaction_view, token)
+    except TwofoldError as error:
+        return problems.from_error(error)
+
+    def read() -> str:
+        return twofold.push.pairing_status(enrollment_id[:64], user_id=user.id, login_transaction_id=transaction.id)
+
+    return await long_poll_status(request, enrollment_key(enrollment_id[:64]), wait, read)
 
 
 @router.post("/login/webauthn/options")
