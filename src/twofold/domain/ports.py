@@ -32,6 +32,12 @@ class Sealer(Protocol):
     def needs_reseal(self, sealed: str) -> bool: ...
 
 
+class Wakeups(Protocol):
+    """Wakes long polls waiting on a key (a user's devices, a page's challenge) once ``uow`` commits."""
+
+    def notify(self, uow: UnitOfWork, key: str) -> None: ...
+
+
 class Notifier(Protocol):
     def notify(self, *, to: str, subject: str, body: str) -> None: ...
 
@@ -134,7 +140,13 @@ class PushChallengeRepository(Protocol):
         wrong_number: bool = False,
     ) -> bool: ...
     def consume_approval(
-        self, challenge_id: str, *, user_id: str, login_transaction_id: str | None, session_id: str | None
+        self,
+        challenge_id: str,
+        *,
+        user_id: str,
+        login_transaction_id: str | None,
+        session_id: str | None,
+        now: datetime,
     ) -> str | None: ...
     def users_with_not_me(self, user_ids: Sequence[str]) -> set[str]: ...
 

@@ -505,6 +505,7 @@ class LoginService:
                 user_id=user.id,
                 login_transaction_id=login_transaction_id,
                 session_id=session_id,
+                now=now,
             )
             if approved_by is None:
                 raise VerificationError("the push notification was denied, expired or not sent for this sign-in")

@@ -33,7 +33,7 @@ from twofold.domain.entities import (
     VerificationMethodRecord,
 )
 from twofold.domain.errors import Conflict, Forbidden, NotFound, RateLimited, Unauthenticated, ValidationFailed
-from twofold.domain.ports import Notifier, UnitOfWork, UnitOfWorkFactory
+from twofold.domain.ports import Notifier, UnitOfWork, UnitOfWorkFactory, Wakeups
 from twofold.domain.rules import clean_display_name
 from twofold.domain.verification import MethodContext
 from twofold.methods.push import device as device_keys
@@ -100,7 +100,7 @@ class PushService:
         sessions: SessionService,
         notifier: Notifier,
         gateway: PushGateway,
-        wakeups: Any,
+        wakeups: Wakeups,
         method_context: Callable[[Organization | None, RequestContext], MethodContext],
     ) -> None:
         self.settings = settings

@@ -414,9 +414,16 @@ class PushChallengeRepository(_Repository):
         return int(result.rowcount or 0) == 1
 
     def consume_approval(
-        self, challenge_id: str, *, user_id: str, login_transaction_id: str | None, session_id: str | None
+        self,
+        challenge_id: str,
+        *,
+        user_id: str,
+        login_transaction_id: str | None,
+        session_id: str | None,
+        now: datetime,
     ) -> str | None:
-        """Turn an approval into the proof of this login or step-up, once; returns the approving device."""
+        """Turn an approval into the proof of this login or step-up, once, within two minutes of the
+        challenge's expiry (the page posts it at once); returns the approving device."""
         c = t.push_challenges.c
         bound = (
             c.login_transaction_id == login_transaction_id
@@ -425,7 +432,11 @@ class PushChallengeRepository(_Repository):
         )
         row = self.s.execute(
             select(c.decided_by).where(
-                c.id == challenge_id, c.user_id == user_id, bound, c.status == e.PushStatus.APPROVED.value
+                c.id == challenge_id,
+                c.user_id == user_id,
+                bound,
+                c.status == e.PushStatus.APPROVED.value,
+                c.expires_at > now - timedelta(minutes=2),
             )
         ).first()
         if row is None:

@@ -118,6 +118,10 @@ class Wakeups:
     async def _listening(self) -> None:
         return None
 
+    async def stop_listening(self) -> None:
+        """End this event loop's listener (the app's shutdown)."""
+        return None
+
     def close(self) -> None:
         return None
 
@@ -127,10 +131,13 @@ class PostgresWakeups(Wakeups):
 
     interval = 5.0  # a safety net only: a NOTIFY normally arrives within milliseconds
 
+    #: how long a first waiter waits for the LISTEN to be in place (a NOTIFY before it would be missed)
+    READY_TIMEOUT = 2.0
+
     def __init__(self, conninfo: str) -> None:
         super().__init__()
         self.conninfo = conninfo
-        self._listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+        self._listeners: dict[asyncio.AbstractEventLoop, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._lock = threading.Lock()
 
     def notify(self, uow: Any, key: str) -> None:
@@ -139,11 +146,26 @@ class PostgresWakeups(Wakeups):
     async def _listening(self) -> None:
         loop = asyncio.get_running_loop()
         with self._lock:
-            task = self._listeners.get(loop)
-            if task is None or task.done():
-                self._listeners[loop] = loop.create_task(self._listen(), name="twofold-wakeups")
+            found = self._listeners.get(loop)
+            if found is None or found[0].done():
+                ready = asyncio.Event()
+                found = (loop.create_task(self._listen(ready), name="twofold-wakeups"), ready)
+                self._listeners[loop] = found
+        if not found[1].is_set():
+            # The first waiters wait (briefly) for the LISTEN: a NOTIFY sent before it would be missed.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(found[1].wait(), self.READY_TIMEOUT)
 
-    async def _listen(self) -> None:
+    async def stop_listening(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            found = self._listeners.pop(loop, None)
+        if found is not None:
+            found[0].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await found[0]
+
+    async def _listen(self, ready: asyncio.Event) -> None:
         import psycopg
 
         delay = 0.5
@@ -152,6 +174,7 @@ class PostgresWakeups(Wakeups):
                 connection = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
                 async with connection:
                     await connection.execute(f"LISTEN {CHANNEL}")
+                    ready.set()
                     delay = 0.5
                     async for notice in connection.notifies():
                         self.waiters.wake(notice.payload)
@@ -165,7 +188,7 @@ class PostgresWakeups(Wakeups):
     def close(self) -> None:
         with self._lock:
             listeners, self._listeners = self._listeners, {}
-        for loop, task in listeners.items():
+        for loop, (task, _) in listeners.items():
             if not loop.is_closed():
                 loop.call_soon_threadsafe(task.cancel)
 

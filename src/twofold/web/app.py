@@ -45,6 +45,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await twofold.wakeups.stop_listening()
 
     app = FastAPI(
         title="Twofold",

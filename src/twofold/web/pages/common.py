@@ -119,6 +119,14 @@ def problem_message(error: TwofoldError) -> str:
     return error.detail
 
 
+def push_refused_message(error: TwofoldError) -> str:
+    """Why "Send push notification" sent nothing: a suspension after a wrong number and the fatigue limit each say
+    so (use another method), rather than a bare "Too many attempts" the user never made."""
+    if isinstance(error, RateLimited):
+        return f"{error.detail[:1].upper()}{error.detail[1:]}. Try again in {error.retry_after} seconds."
+    return problem_message(error)
+
+
 def verification_failed_message(error: TwofoldError, verification_type: str) -> str:
     """What the verification step says when a second factor was refused (login and step-up alike)."""
     if error.code != "invalid_code" or isinstance(error, RateLimited):

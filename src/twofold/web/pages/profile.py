@@ -37,7 +37,7 @@ from .common import (
     current_principal,
     enrollment_page,
     long_poll_status,
-    problem_message,
+    push_refused_message,
     push_status_answer,
     read_form,
     recovery_codes_context,
@@ -221,7 +221,7 @@ async def verify_push_send(request: Request) -> Response:
             principal,
             next_path=next_path,
             resume=resume,
-            error=problem_message(error),
+            error=push_refused_message(error),
             method="push",
             status=error.status,
         )

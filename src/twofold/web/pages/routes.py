@@ -36,6 +36,7 @@ from .common import (
     enrollment_page,
     long_poll_status,
     problem_message,
+    push_refused_message,
     push_status_answer,
     read_form,
     recovery_codes_context,
@@ -269,7 +270,7 @@ async def push_send(request: Request) -> Response:
     except TransactionExpired:
         return RedirectResponse("/login?expired=1", status_code=303)
     except TwofoldError as error:
-        context["error"] = problem_message(error)
+        context["error"] = push_refused_message(error)
         response = render(request, "verify.html", context, status=error.status)
         if isinstance(error, RateLimited):
             response.headers["Retry-After"] = str(error.retry_after)
