@@ -52,8 +52,15 @@ def _die_with_parent() -> None:
 
 
 def _worker(host: str, port: int, options: dict[str, Any]) -> None:
+    import logging
+
     import uvicorn
 
+    # A spawned worker starts a fresh interpreter: it sets up logging as `twofold` does in the supervisor.
+    logging.basicConfig(
+        level=os.environ.get("TWOFOLD_LOG_LEVEL", "WARNING").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     _die_with_parent()
     sock = _listening_socket(host, port)
     config = uvicorn.Config(APP, factory=True, host=host, port=port, **options)

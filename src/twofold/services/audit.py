@@ -25,7 +25,7 @@ def _scrub(details: dict[str, Any]) -> dict[str, Any]:
 
 
 # Names that contain a "secret word" but hold none.
-_ALLOWED_NAMES = {"method_type", "enrollable_types", "code_slug", "recovery_codes_deleted"}
+_ALLOWED_NAMES = {"method_type", "enrollable_types", "code_slug", "recovery_codes_deleted", "key_thumbprint"}
 
 
 def record(

@@ -185,6 +185,7 @@ def recovery_codes_context(codes: list[str], *, added: str | None = None) -> dic
 
 
 PUSH_WAIT_LIMIT = 25  # seconds (DESIGN.md §6)
+PAGE_REREAD_SECONDS = 1.0
 
 
 async def push_status_answer(
@@ -211,5 +212,7 @@ async def long_poll_status(request: Request, key: str, wait: int, read_status: C
             remaining = deadline - loop.time()
             if status != "pending" or remaining <= 0 or await request.is_disconnected():
                 break
-            await subscription.wait(min(remaining, twofold.wakeups.interval))
+            # A page waits on a challenge or pairing that expires by itself, which wakes no one: it
+            # re-reads at least every second, so "expired" shows within a second, not a safety interval.
+            await subscription.wait(min(remaining, twofold.wakeups.interval, PAGE_REREAD_SECONDS))
     return JSONResponse({"status": status}, headers={"Cache-Control": "no-store"})

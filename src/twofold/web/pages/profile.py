@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from twofold.domain.errors import (
     Forbidden,
     ProofPending,
+    RateLimited,
     StepUpRequired,
     TwofoldError,
     Unauthenticated,
@@ -216,7 +217,7 @@ async def verify_push_send(request: Request) -> Response:
     except Unauthenticated:
         return RedirectResponse("/login?expired=1", status_code=303)
     except TwofoldError as error:
-        return step_up_page(
+        refused = step_up_page(
             request,
             principal,
             next_path=next_path,
@@ -225,6 +226,9 @@ async def verify_push_send(request: Request) -> Response:
             method="push",
             status=error.status,
         )
+        if isinstance(error, RateLimited):
+            refused.headers["Retry-After"] = str(error.retry_after)
+        return refused
     return step_up_page(request, principal, next_path=next_path, resume=resume, method="push", push_challenge=started)
 
 
