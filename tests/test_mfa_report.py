@@ -32,7 +32,7 @@ def attention(client: Any, org: str, token: str | None) -> dict[str, list[str]]:
     response = client.get(f"/api/v1/organizations/{org}/attention", headers=bearer(token))
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"locked", "cloned_authenticator", "disabled"}
+    assert set(body) == {"locked", "cloned_authenticator", "push_denied_not_me", "disabled"}
     return {name: [user["username"] for user in users] for name, users in body.items()}
 
 
@@ -120,6 +120,7 @@ def test_report_counts_every_state_and_method_type(twofold, client):
     assert attention(client, org, alice.token) == {
         "locked": ["dave"],
         "cloned_authenticator": ["frank"],
+        "push_denied_not_me": [],
         "disabled": ["erin"],
     }
     response = client.get(f"/api/v1/organizations/{org}/attention", headers=bearer(alice.token)).json()
@@ -151,7 +152,12 @@ def test_report_follows_reset_unlock_and_exemption_changes(twofold, client):
     assert body["by_state"] == {"enrolled": 4, "pending_enrollment": 4, "exempt": 0, "sso": 1}
     assert (body["locked"], body["disabled"]) == (0, 1)
     assert body["methods_by_type"] == {METHOD_TYPE: {"methods": 5, "users": 4}}
-    assert attention(client, org, alice.token) == {"locked": [], "cloned_authenticator": [], "disabled": ["erin"]}
+    assert attention(client, org, alice.token) == {
+        "locked": [],
+        "cloned_authenticator": [],
+        "push_denied_not_me": [],
+        "disabled": ["erin"],
+    }
 
 
 def test_report_and_attention_for_a_new_organization(twofold, client):
@@ -163,7 +169,12 @@ def test_report_and_attention_for_a_new_organization(twofold, client):
         "disabled": 0,
         "methods_by_type": {METHOD_TYPE: {"methods": 1, "users": 1}},
     }
-    assert attention(client, org, alice.token) == {"locked": [], "cloned_authenticator": [], "disabled": []}
+    assert attention(client, org, alice.token) == {
+        "locked": [],
+        "cloned_authenticator": [],
+        "push_denied_not_me": [],
+        "disabled": [],
+    }
 
 
 def test_report_and_attention_are_for_the_organization_s_administrators(twofold, client):
