@@ -10,8 +10,10 @@ from twofold.domain.entities import Organization
 from twofold.domain.ports import Notifier
 from twofold.domain.verification import MethodContext
 from twofold.methods.registry import MethodRegistry, default_registry
+from twofold.oauth.client_credentials import SecretDigests
 from twofold.services.accounts import AccountService
 from twofold.services.admin import AdminService
+from twofold.services.connected_apps import ConnectedAppService
 from twofold.services.context import RequestContext
 from twofold.services.crypto import AesGcmSealer, TokenMac
 from twofold.services.exemptions import ExemptionService
@@ -23,6 +25,7 @@ from twofold.services.passwords import Passwords
 from twofold.services.push import PushService
 from twofold.services.push_gateway import NoGateway, PushGateway, WebhookGateway
 from twofold.services.sessions import SessionService
+from twofold.services.signing import SigningKeyService
 from twofold.services.step_up import StepUpService
 from twofold.services.throttle import Throttle
 from twofold.storage.database import make_engine
@@ -48,6 +51,8 @@ class Twofold:
     step_up: StepUpService
     methods: MethodService
     push: PushService
+    connected_apps: ConnectedAppService
+    signing_keys: SigningKeyService
     wakeups: Wakeups
     maintenance: MaintenanceService
 
@@ -103,6 +108,8 @@ def build(settings: Settings | None = None, *, registry: MethodRegistry | None =
     step_up = StepUpService(uow=uow, registry=registry, sessions=sessions, throttle=throttle, login=login)
     methods = MethodService(uow=uow, registry=registry, sessions=sessions, login=login, notifier=notifier)
     maintenance = MaintenanceService(settings=settings, uow=uow, sealer=sealer)
+    connected_apps = ConnectedAppService(uow=uow, admin=admin, digests=SecretDigests(secret_key, old_keys))
+    signing_keys = SigningKeyService(uow=uow, sealer=sealer)
     wakeups = wakeups_for(settings.database_url)
     gateway: PushGateway = (
         WebhookGateway(settings.push_webhook_url, settings.push_webhook_secret.get_secret_value())
@@ -136,6 +143,8 @@ def build(settings: Settings | None = None, *, registry: MethodRegistry | None =
         step_up=step_up,
         methods=methods,
         push=push,
+        connected_apps=connected_apps,
+        signing_keys=signing_keys,
         wakeups=wakeups,
         maintenance=maintenance,
     )

@@ -186,6 +186,16 @@ def cmd_users_reset_mfa(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    twofold = _container(_settings())
+    try:
+        kid = twofold.signing_keys.rotate()
+    finally:
+        twofold.close()
+    print(f"New token-signing key {kid}; earlier keys stay published for a day so that their tokens verify.")
+    return 0
+
+
 def cmd_secrets_rotate(args: argparse.Namespace) -> int:
     settings = _settings()
     if settings.old_secret_keys is None:
@@ -259,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reset_mfa.add_argument("username", metavar="USERNAME")
     reset_mfa.set_defaults(handler=cmd_users_reset_mfa)
+
+    keys_parser = sub.add_parser("keys", help="token-signing keys").add_subparsers(
+        dest="keys_command", required=True, metavar="COMMAND"
+    )
+    keys_rotate = keys_parser.add_parser(
+        "rotate", help="make a new token-signing key current (old ones stay published)"
+    )
+    keys_rotate.set_defaults(handler=cmd_keys_rotate)
 
     secrets_parser = sub.add_parser("secrets", help="secrets at rest").add_subparsers(
         dest="secrets_command", required=True, metavar="COMMAND"

@@ -250,6 +250,60 @@ class Challenge:
     created_at: datetime = field(default_factory=utcnow)
 
 
+class GrantType(enum.StrEnum):
+    """The two kinds of connected app (R5): one acting on its own behalf, one acting for a user."""
+
+    CLIENT_CREDENTIALS = "client_credentials"
+    AUTHORIZATION_CODE = "authorization_code"
+
+
+@dataclass(eq=False)
+class ConnectedApp:
+    """An OAuth 2.0 client owned by an organization (R5)."""
+
+    organization_id: str
+    name: str
+    client_id: str
+    grant_type: str
+    scopes: list[str]
+    redirect_uris: list[str] = field(default_factory=list)
+    first_party: bool = False
+    enabled: bool = True
+    # "client_secret_basic" / "client_secret_post" with a generated secret, or "private_key_jwt" with ``jwks``.
+    auth_method: str = "client_secret_basic"
+    jwks: dict[str, Any] | None = None
+    # Tokens issued before this moment are dead (disabling, secret compromise): JWTs need no per-token row.
+    tokens_valid_after: datetime = field(default_factory=utcnow)
+    created_by: str | None = None
+    id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(eq=False)
+class ClientSecret:
+    """A connected app's secret, as an HMAC-SHA-256 digest; a rotated one keeps working until ``expires_at``."""
+
+    app_id: str
+    digest: str
+    expires_at: datetime | None = None
+    id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(eq=False)
+class SigningKey:
+    """A token-signing key (ES256). New tokens use the newest; older ones stay in the JWKS until the
+    tokens they signed have expired."""
+
+    kid: str
+    algorithm: str
+    private_key_sealed: str
+    public_jwk: dict[str, Any]
+    retired_at: datetime | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+
 class PushStatus(enum.StrEnum):
     PENDING = "pending"
     APPROVED = "approved"

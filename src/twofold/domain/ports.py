@@ -9,6 +9,8 @@ from typing import Any, Protocol
 from .entities import (
     AuditEvent,
     Challenge,
+    ClientSecret,
+    ConnectedApp,
     Exemption,
     IdentityProvider,
     LoginTransaction,
@@ -17,6 +19,7 @@ from .entities import (
     Permission,
     PushChallenge,
     Session,
+    SigningKey,
     ThrottleState,
     User,
     UserMfaFacts,
@@ -151,6 +154,26 @@ class PushChallengeRepository(Protocol):
     def users_with_not_me(self, user_ids: Sequence[str]) -> set[str]: ...
 
 
+class ConnectedAppRepository(Protocol):
+    def add(self, app: ConnectedApp) -> None: ...
+    def get(self, app_id: str) -> ConnectedApp | None: ...
+    def by_client_id(self, client_id: str) -> ConnectedApp | None: ...
+    def for_organization(self, organization_id: str) -> Sequence[ConnectedApp]: ...
+    def delete(self, app: ConnectedApp) -> None: ...
+
+
+class ClientSecretRepository(Protocol):
+    def add(self, secret: ClientSecret) -> None: ...
+    def matching(self, app_id: str, digests: Sequence[str], *, now: datetime) -> ClientSecret | None: ...
+    def live_for_app(self, app_id: str, *, now: datetime) -> Sequence[ClientSecret]: ...
+
+
+class SigningKeyRepository(Protocol):
+    def add(self, key: SigningKey) -> None: ...
+    def all(self) -> Sequence[SigningKey]: ...
+    def delete_retired_before(self, moment: datetime) -> int: ...
+
+
 class DeviceRequestIdRepository(Protocol):
     def remember(self, jti_hash: str, *, expires_at: datetime) -> bool: ...
 
@@ -243,6 +266,9 @@ class UnitOfWork(Protocol):
     challenges: ChallengeRepository
     push_challenges: PushChallengeRepository
     device_request_ids: DeviceRequestIdRepository
+    connected_apps: ConnectedAppRepository
+    client_secrets: ClientSecretRepository
+    signing_keys: SigningKeyRepository
     transactions: TransactionRepository
     sessions: SessionRepository
     tokens: OneTimeTokenRepository

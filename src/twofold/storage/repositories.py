@@ -457,6 +457,63 @@ class PushChallengeRepository(_Repository):
         )
 
 
+class ConnectedAppRepository(_Repository):
+    def add(self, app: e.ConnectedApp) -> None:
+        self.s.add(app)
+
+    def get(self, app_id: str) -> e.ConnectedApp | None:
+        return self.s.get(e.ConnectedApp, app_id) if isinstance(app_id, str) else None
+
+    def by_client_id(self, client_id: str) -> e.ConnectedApp | None:
+        return self.s.scalars(select(e.ConnectedApp).where(t.connected_apps.c.client_id == client_id)).first()
+
+    def for_organization(self, organization_id: str) -> Sequence[e.ConnectedApp]:
+        c = t.connected_apps.c
+        return self.s.scalars(
+            select(e.ConnectedApp).where(c.organization_id == organization_id).order_by(c.created_at)
+        ).all()
+
+    def delete(self, app: e.ConnectedApp) -> None:
+        self.s.delete(app)
+
+
+class ClientSecretRepository(_Repository):
+    def add(self, secret: e.ClientSecret) -> None:
+        self.s.add(secret)
+
+    def matching(self, app_id: str, digests: Sequence[str], *, now: datetime) -> e.ClientSecret | None:
+        """The app's live secret among these digests (one per configured server key)."""
+        c = t.client_secrets.c
+        return self.s.scalars(
+            select(e.ClientSecret).where(
+                c.app_id == app_id,
+                c.digest.in_(list(digests)),
+                or_(c.expires_at.is_(None), c.expires_at > now),
+            )
+        ).first()
+
+    def live_for_app(self, app_id: str, *, now: datetime) -> Sequence[e.ClientSecret]:
+        c = t.client_secrets.c
+        return self.s.scalars(
+            select(e.ClientSecret)
+            .where(c.app_id == app_id, or_(c.expires_at.is_(None), c.expires_at > now))
+            .order_by(c.created_at)
+        ).all()
+
+
+class SigningKeyRepository(_Repository):
+    def add(self, key: e.SigningKey) -> None:
+        self.s.add(key)
+
+    def all(self) -> Sequence[e.SigningKey]:
+        return self.s.scalars(select(e.SigningKey).order_by(t.signing_keys.c.created_at.desc())).all()
+
+    def delete_retired_before(self, moment: datetime) -> int:
+        c = t.signing_keys.c
+        result: Any = self.s.execute(delete(t.signing_keys).where(c.retired_at.is_not(None), c.retired_at < moment))
+        return int(result.rowcount or 0)
+
+
 class DeviceRequestIdRepository(_Repository):
     def remember(self, jti_hash: str, *, expires_at: datetime) -> bool:
         """True the first time a request id is seen; False for a replay (in any process)."""

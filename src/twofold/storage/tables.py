@@ -191,6 +191,47 @@ push_challenges = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )
 
+connected_apps = Table(
+    "connected_apps",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("organization_id", ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("client_id", String(64), nullable=False, unique=True),
+    Column("grant_type", String(32), nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("redirect_uris", JSON, nullable=False),
+    Column("first_party", Boolean, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("auth_method", String(32), nullable=False),
+    Column("jwks", JSON, nullable=True),
+    Column("tokens_valid_after", UTCDateTime, nullable=False),
+    Column("created_by", ID, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+client_secrets = Table(
+    "client_secrets",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("app_id", ID, ForeignKey("connected_apps.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("digest", String(80), nullable=False, unique=True),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("algorithm", String(16), nullable=False),
+    Column("private_key_sealed", Text, nullable=False),
+    Column("public_jwk", JSON, nullable=False),
+    Column("retired_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
 # Each device request's JWS id (``jti``), kept until its ``iat`` is out of the accepted window.
 device_request_ids = Table(
     "device_request_ids",
@@ -297,6 +338,9 @@ def map_entities() -> None:
     mapper_registry.map_imperatively(e.RecoveryCode, recovery_codes)
     mapper_registry.map_imperatively(e.Challenge, challenges)
     mapper_registry.map_imperatively(e.PushChallenge, push_challenges)
+    mapper_registry.map_imperatively(e.ConnectedApp, connected_apps)
+    mapper_registry.map_imperatively(e.ClientSecret, client_secrets)
+    mapper_registry.map_imperatively(e.SigningKey, signing_keys)
     mapper_registry.map_imperatively(e.LoginTransaction, login_transactions)
     mapper_registry.map_imperatively(e.Session, sessions)
     mapper_registry.map_imperatively(e.OneTimeToken, one_time_tokens)

@@ -16,6 +16,7 @@ from twofold import __version__
 from twofold.config import Settings
 from twofold.container import Twofold, build
 
+from . import oauth as oauth_api
 from . import problems
 from .api import admin as admin_api
 from .api import login as login_api
@@ -62,6 +63,7 @@ def create_app(
     app.include_router(me_api.router)
     app.include_router(admin_api.router)
     app.include_router(push_api.router)
+    app.include_router(oauth_api.router)
     app.include_router(pages.router)
     app.include_router(profile_pages.router)
     app.include_router(console_pages.router)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -15,15 +15,19 @@ from twofold.domain.clock import as_utc
 from twofold.domain.entities import AuditEvent, Organization
 from twofold.domain.errors import ValidationFailed
 from twofold.services.admin import UserView
+from twofold.services.connected_apps import AppView
 from twofold.services.exemptions import ExemptionView
 
 from ..deps import App, Context, CurrentPrincipal
 from .schemas import (
     PROBLEM_RESPONSES,
     BusinessGroupBody,
+    ConnectedAppBody,
+    ConnectedAppUpdateBody,
     CreateUserBody,
     ExemptionBody,
     OrganizationPolicyBody,
+    SecretRotationBody,
     UpdateUserBody,
     ts,
 )
@@ -328,6 +332,91 @@ def exempt_account(
 def remove_exemption(org: str, user_id: str, principal: CurrentPrincipal, twofold: App, context: Context) -> Response:
     twofold.exemptions.remove(principal, org, user_id, context=context)
     return Response(status_code=204)
+
+
+def app_body(view: AppView) -> dict[str, Any]:
+    app = view.app
+    return {
+        "id": app.id,
+        "name": app.name,
+        "client_id": app.client_id,
+        "grant_type": app.grant_type,
+        "scopes": list(app.scopes),
+        "redirect_uris": list(app.redirect_uris),
+        "first_party": app.first_party,
+        "enabled": app.enabled,
+        "token_endpoint_auth_method": app.auth_method,
+        "jwks": app.jwks,
+        "secrets": [{"created_at": ts(x.created_at), "expires_at": ts(x.expires_at)} for x in view.secrets],
+        "created_at": ts(app.created_at),
+        "updated_at": ts(app.updated_at),
+    }
+
+
+@router.get("/connected-apps", summary="The organization's connected apps (OAuth 2.0 clients)")
+def connected_apps(org: str, principal: CurrentPrincipal, twofold: App) -> list[dict[str, Any]]:
+    return [app_body(view) for view in twofold.connected_apps.list_apps(principal, org)]
+
+
+@router.post("/connected-apps", status_code=201, summary="Create a connected app; its secret is shown this once ★")
+def create_connected_app(
+    org: str, body: ConnectedAppBody, principal: CurrentPrincipal, twofold: App, context: Context
+) -> JSONResponse:
+    created = twofold.connected_apps.create(
+        principal,
+        org,
+        name=body.name,
+        grant_type=body.grant_type,
+        scopes=body.scopes,
+        redirect_uris=body.redirect_uris,
+        first_party=body.first_party,
+        auth_method=body.token_endpoint_auth_method,
+        jwks=body.jwks,
+        context=context,
+    )
+    result = {**app_body(created.view), "client_secret": created.client_secret}
+    return JSONResponse(result, status_code=201, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/connected-apps/{app_id}", summary="One connected app")
+def connected_app(org: str, app_id: str, principal: CurrentPrincipal, twofold: App) -> dict[str, Any]:
+    return app_body(twofold.connected_apps.get(principal, org, app_id[:64]))
+
+
+@router.patch(
+    "/connected-apps/{app_id}", summary="Rename, change scopes or redirect URIs, enable or disable (kills tokens) ★"
+)
+def update_connected_app(
+    org: str, app_id: str, body: ConnectedAppUpdateBody, principal: CurrentPrincipal, twofold: App, context: Context
+) -> dict[str, Any]:
+    changes = body.model_dump(exclude_unset=True)
+    return app_body(twofold.connected_apps.update(principal, org, app_id[:64], changes, context))
+
+
+@router.delete("/connected-apps/{app_id}", status_code=204, summary="Delete a connected app; its tokens die ★")
+def delete_connected_app(
+    org: str, app_id: str, principal: CurrentPrincipal, twofold: App, context: Context
+) -> Response:
+    twofold.connected_apps.delete(principal, org, app_id[:64], context)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/connected-apps/{app_id}/secret",
+    status_code=201,
+    summary="A new client secret; the old one works for grace_seconds more (default 24 h) ★",
+)
+def rotate_connected_app_secret(
+    org: str,
+    app_id: str,
+    principal: CurrentPrincipal,
+    twofold: App,
+    context: Context,
+    body: SecretRotationBody | None = None,
+) -> JSONResponse:
+    grace = timedelta(seconds=body.grace_seconds) if body and body.grace_seconds is not None else None
+    secret = twofold.connected_apps.rotate_secret(principal, org, app_id[:64], grace=grace, context=context)
+    return JSONResponse({"client_secret": secret}, status_code=201, headers={"Cache-Control": "no-store"})
 
 
 @router.get(

@@ -188,6 +188,33 @@ class StepUpPushBody(Body):
     method_id: Short | None = None
 
 
+ScopeName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+RedirectUri = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+
+
+class ConnectedAppBody(Body):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    grant_type: Literal["client_credentials", "authorization_code"]
+    scopes: Annotated[list[ScopeName], Field(min_length=1, max_length=20)]
+    redirect_uris: Annotated[list[RedirectUri], Field(max_length=10)] | None = None
+    first_party: bool = False
+    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt"] = (
+        "client_secret_basic"
+    )
+    jwks: JsonObject | None = None
+
+
+class ConnectedAppUpdateBody(Body):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    scopes: Annotated[list[ScopeName], Field(min_length=1, max_length=20)] | None = None
+    redirect_uris: Annotated[list[RedirectUri], Field(max_length=10)] | None = None
+    enabled: bool | None = None
+
+
+class SecretRotationBody(Body):
+    grace_seconds: Annotated[int, Field(ge=0, le=604800)] | None = None
+
+
 class ExemptionBody(Body):
     expires_at: datetime | None = None
 
