@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 
 from twofold.domain.clock import utcnow
 from twofold.domain.errors import Forbidden, NotFound, StepUpRequired, TwofoldError, ValidationFailed
+from twofold.oauth.scopes import ADMIN_SCOPES, USER_SCOPES
 from twofold.services.context import Principal
 from twofold.services.exemptions import DEFAULT_LIFETIME, MAXIMUM_LIFETIME
 
@@ -331,6 +332,107 @@ async def save_exempt_accounts(request: Request) -> Response:
 
 def _days_from_now(days: int) -> datetime:
     return utcnow() + timedelta(days=days)
+
+
+# -- connected apps -------------------------------------------------------------------------------
+
+
+def _apps_page(
+    request: Request,
+    principal: Principal,
+    *,
+    created: Any = None,
+    secret: str | None = None,
+    error: str | None = None,
+    form: dict[str, str] | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    twofold = twofold_of(request)
+    return _console(
+        request,
+        principal,
+        "admin/connected_apps.html",
+        "connected_apps",
+        {
+            "apps": twofold.connected_apps.list_apps(principal, _org(principal)),
+            "admin_scopes": ADMIN_SCOPES,
+            "user_scopes": USER_SCOPES,
+            "created": created,
+            "secret": secret,
+            "error": error,
+            "form": form or {},
+            "notice": None,
+        },
+        status=status,
+    )
+
+
+@router.get("/connected-apps", response_class=HTMLResponse)
+def connected_apps(request: Request) -> Response:
+    found = _admin_or_response(request)
+    if isinstance(found, Response):
+        return found
+    try:
+        return _apps_page(request, found)
+    except TwofoldError as error:
+        return _error_page(request, found, error, "/admin")
+
+
+@router.post("/connected-apps", response_class=HTMLResponse)
+async def create_connected_app(request: Request) -> Response:
+    found = await _admin_form(request)
+    if isinstance(found, Response):
+        return found
+    principal, form = found
+    back = "/admin/connected-apps"
+    grant_type = form.get("grant_type", "")
+    prefix = "scope:" if grant_type == "client_credentials" else "user_scope:"
+    scopes = [key.removeprefix(prefix) for key, value in form.items() if key.startswith(prefix) and value]
+    uris = [line.strip() for line in form.get("redirect_uris", "").splitlines() if line.strip()]
+    try:
+        created = twofold_of(request).connected_apps.create(
+            principal,
+            _org(principal),
+            name=form.get("name", "")[:256],
+            grant_type=grant_type,
+            scopes=scopes,
+            redirect_uris=uris if grant_type == "authorization_code" else [],
+            first_party=bool(form.get("first_party")),
+            context=request_context(request),
+        )
+    except StepUpRequired:
+        return _needs_step_up(request, principal, form, back)
+    except TwofoldError as error:
+        return _apps_page(request, principal, error=error.detail, form=form, status=error.status)
+    return _apps_page(request, principal, created=created.view.app, secret=created.client_secret)
+
+
+@router.post("/connected-apps/{app_id}/{action}", response_class=HTMLResponse)
+async def change_connected_app(request: Request, app_id: str, action: str) -> Response:
+    """enable, disable, delete (after "Confirm"), or a new secret."""
+    found = await _admin_form(request)
+    if isinstance(found, Response):
+        return found
+    principal, form = found
+    back = "/admin/connected-apps"
+    service = twofold_of(request).connected_apps
+    context = request_context(request)
+    try:
+        if action in {"enable", "disable"}:
+            service.update(principal, _org(principal), app_id[:64], {"enabled": action == "enable"}, context)
+        elif action == "delete":
+            service.delete(principal, _org(principal), app_id[:64], context)
+        elif action == "secret":
+            secret = service.rotate_secret(principal, _org(principal), app_id[:64], grace=None, context=context)
+            view = service.get(principal, _org(principal), app_id[:64])
+            return _apps_page(request, principal, created=view.app, secret=secret)
+        else:
+            raise NotFound("no such action")
+    except StepUpRequired:
+        return _needs_step_up(request, principal, form, back)
+    except TwofoldError as error:
+        return _apps_page(request, principal, error=error.detail, status=error.status)
+    return RedirectResponse(back, status_code=303)
 
 
 # -- audit log ------------------------------------------------------------------------------------
