@@ -21,6 +21,7 @@ from twofold.services.login import LoginService
 from twofold.services.maintenance import MaintenanceService
 from twofold.services.methods import MethodService
 from twofold.services.notifications import LogNotifier, SmtpNotifier
+from twofold.services.oauth import OAuthService
 from twofold.services.passwords import Passwords
 from twofold.services.push import PushService
 from twofold.services.push_gateway import NoGateway, PushGateway, WebhookGateway
@@ -53,6 +54,7 @@ class Twofold:
     push: PushService
     connected_apps: ConnectedAppService
     signing_keys: SigningKeyService
+    oauth: OAuthService
     wakeups: Wakeups
     maintenance: MaintenanceService
 
@@ -108,8 +110,10 @@ def build(settings: Settings | None = None, *, registry: MethodRegistry | None =
     step_up = StepUpService(uow=uow, registry=registry, sessions=sessions, throttle=throttle, login=login)
     methods = MethodService(uow=uow, registry=registry, sessions=sessions, login=login, notifier=notifier)
     maintenance = MaintenanceService(settings=settings, uow=uow, sealer=sealer)
-    connected_apps = ConnectedAppService(uow=uow, admin=admin, digests=SecretDigests(secret_key, old_keys))
+    digests = SecretDigests(secret_key, old_keys)
+    connected_apps = ConnectedAppService(uow=uow, admin=admin, digests=digests)
     signing_keys = SigningKeyService(uow=uow, sealer=sealer)
+    oauth = OAuthService(settings=settings, uow=uow, keys=signing_keys, digests=digests)
     wakeups = wakeups_for(settings.database_url)
     gateway: PushGateway = (
         WebhookGateway(settings.push_webhook_url, settings.push_webhook_secret.get_secret_value())
@@ -145,6 +149,7 @@ def build(settings: Settings | None = None, *, registry: MethodRegistry | None =
         push=push,
         connected_apps=connected_apps,
         signing_keys=signing_keys,
+        oauth=oauth,
         wakeups=wakeups,
         maintenance=maintenance,
     )

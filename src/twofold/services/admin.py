@@ -38,7 +38,7 @@ from twofold.domain.rules import (
 )
 
 from . import audit
-from .context import Principal, RequestContext
+from .context import Actor, AppPrincipal, Principal, RequestContext
 from .sessions import SessionService
 from .throttle import Throttle
 
@@ -123,15 +123,17 @@ class AdminService:
     # -- permission checks -----------------------------------------------------------------------
 
     def authorize(
-        self, uow: UnitOfWork, principal: Principal, organization_id: str, scope: str, *, step_up: bool = False
+        self, uow: UnitOfWork, principal: Actor, organization_id: str, scope: str, *, step_up: bool = False
     ) -> Organization:
-        organization = uow.organizations.get(organization_id)
-        if organization is None or organization.root_id != principal.user.organization_id:
+        organization = uow.organizations.get(organization_id) if isinstance(organization_id, str) else None
+        if organization is None or organization.root_id != principal.organization_id:
             raise NotFound("no such organization")
-        if principal.session is None:
+        if isinstance(principal, AppPrincipal):
+            # A connected app never exceeds its scopes nor its organization, and needs no step-up.
             if scope not in principal.scopes:
                 raise Forbidden(f"this app was not granted {scope}")
-        elif uow.permissions.find(principal.user.id, organization.root_id, ORGANIZATION_ADMINISTRATOR) is None:
+            return organization
+        if uow.permissions.find(principal.user.id, organization.root_id, ORGANIZATION_ADMINISTRATOR) is None:
             raise Forbidden("only an Organization Administrator may do this")
         if step_up:
             self.sessions.require_step_up(principal)
@@ -160,13 +162,13 @@ class AdminService:
 
     # -- organizations ---------------------------------------------------------------------------
 
-    def organization_tree(self, principal: Principal, organization_id: str) -> tuple[Organization, list[Organization]]:
+    def organization_tree(self, principal: Actor, organization_id: str) -> tuple[Organization, list[Organization]]:
         with self.uow(read_only=True) as uow:
             organization = self.authorize(uow, principal, organization_id, "users:read")
             return organization, list(uow.organizations.in_tree(organization.root_id))
 
     def create_business_group(
-        self, principal: Principal, organization_id: str, *, name: str, parent_id: str | None, context: RequestContext
+        self, principal: Actor, organization_id: str, *, name: str, parent_id: str | None, context: RequestContext
     ) -> Organization:
         with self.uow() as uow:
             organization = self.authorize(uow, principal, organization_id, "users:write")
@@ -189,19 +191,19 @@ class AdminService:
             )
             return group
 
-    def identity_providers(self, principal: Principal, organization_id: str) -> list[IdentityProvider]:
+    def identity_providers(self, principal: Actor, organization_id: str) -> list[IdentityProvider]:
         with self.uow(read_only=True) as uow:
             organization = self.authorize(uow, principal, organization_id, "users:read")
             return list(uow.identity_providers.for_organization(organization.root_id))
 
     # -- users -----------------------------------------------------------------------------------
 
-    def authorize_user_write(self, principal: Principal, organization_id: str) -> Organization:
+    def authorize_user_write(self, principal: Actor, organization_id: str) -> Organization:
         with self.uow(read_only=True) as uow:
             return self.authorize(uow, principal, organization_id, "users:write")
 
     def list_users(
-        self, principal: Principal, organization_id: str, *, query: str | None, limit: int, cursor: str | None
+        self, principal: Actor, organization_id: str, *, query: str | None, limit: int, cursor: str | None
     ) -> Page:
         if not 1 <= limit <= MAX_PAGE:
             raise ValidationFailed(f"limit must be between 1 and {MAX_PAGE}")
@@ -215,13 +217,13 @@ class AdminService:
             views = self._views(uow, organization, users)
         return Page(views, encode_cursor(users[-1].username_key) if more else None)
 
-    def get_user(self, principal: Principal, organization_id: str, user_id: str) -> UserView:
+    def get_user(self, principal: Actor, organization_id: str, user_id: str) -> UserView:
         with self.uow(read_only=True) as uow:
             organization = self.authorize(uow, principal, organization_id, "users:read")
             user = self._user_in(uow, organization, user_id)
             return self._views(uow, organization, [user])[0]
 
-    def user_by_username(self, principal: Principal, organization_id: str, username: str) -> User:
+    def user_by_username(self, principal: Actor, organization_id: str, username: str) -> User:
         with self.uow(read_only=True) as uow:
             organization = self.authorize(uow, principal, organization_id, "users:read")
             user = uow.users.by_username_key(username_key(username.strip())) if username.strip() else None
@@ -259,7 +261,7 @@ class AdminService:
         return views
 
     def update_user(
-        self, principal: Principal, organization_id: str, user_id: str, changes: dict[str, Any], context: RequestContext
+        self, principal: Actor, organization_id: str, user_id: str, changes: dict[str, Any], context: RequestContext
     ) -> UserView:
         with self.uow() as uow:
             organization = self.authorize(uow, principal, organization_id, "users:write")
@@ -308,7 +310,7 @@ class AdminService:
 
     # -- MFA reset (R7) ---------------------------------------------------------------------------
 
-    def reset_mfa(self, principal: Principal, organization_id: str, user_id: str, context: RequestContext) -> None:
+    def reset_mfa(self, principal: Actor, organization_id: str, user_id: str, context: RequestContext) -> None:
         """R7: every method and recovery code of the user is deleted, every session and open login
         transaction ends, the user is told, and the next login forces enrollment (R3). The
         administrator never sees or sets a factor."""
@@ -375,7 +377,7 @@ class AdminService:
 
     # -- what needs attention, coverage ---------------------------------------------------------
 
-    def attention(self, principal: Principal, organization_id: str) -> Attention:
+    def attention(self, principal: Actor, organization_id: str) -> Attention:
         with self.uow(read_only=True) as uow:
             organization = self.authorize(uow, principal, organization_id, "users:read")
             picked = list(uow.users.needing_attention(organization.root_id))
@@ -387,7 +389,7 @@ class AdminService:
             disabled=[v for v in views if not v.user.is_active],
         )
 
-    def mfa_report(self, principal: Principal, organization_id: str) -> MfaReport:
+    def mfa_report(self, principal: Actor, organization_id: str) -> MfaReport:
         now = utcnow()
         cutoff = self.settings.user_exemption_cutoff
         with self.uow(read_only=True) as uow:
@@ -415,7 +417,7 @@ class AdminService:
     # -- unlock ----------------------------------------------------------------------------------
 
     def update_webauthn_policy(
-        self, principal: Principal, organization_id: str, *, changes: dict[str, Any], context: RequestContext
+        self, principal: Actor, organization_id: str, *, changes: dict[str, Any], context: RequestContext
     ) -> Organization:
         """The root organization's WebAuthn attestation policy: "none", or "direct" with an optional
         allow-list of authenticator models (AAGUIDs). It applies to registrations from now on."""
@@ -447,7 +449,7 @@ class AdminService:
             )
             return organization
 
-    def unlock(self, principal: Principal, organization_id: str, user_id: str, context: RequestContext) -> None:
+    def unlock(self, principal: Actor, organization_id: str, user_id: str, context: RequestContext) -> None:
         with self.uow() as uow:
             organization = self.authorize(uow, principal, organization_id, "users:write", step_up=True)
             user = self._user_in(uow, organization, user_id)
@@ -479,7 +481,7 @@ class AdminService:
     # -- administrator grants ---------------------------------------------------------------------
 
     def grant_administrator(
-        self, principal: Principal, organization_id: str, user_id: str, context: RequestContext
+        self, principal: Actor, organization_id: str, user_id: str, context: RequestContext
     ) -> None:
         with self.uow() as uow:
             organization = self.authorize(uow, principal, organization_id, "users:write", step_up=True)
@@ -512,7 +514,7 @@ class AdminService:
                 )
 
     def revoke_administrator(
-        self, principal: Principal, organization_id: str, user_id: str, context: RequestContext
+        self, principal: Actor, organization_id: str, user_id: str, context: RequestContext
     ) -> None:
         with self.uow() as uow:
             organization = self.authorize(uow, principal, organization_id, "users:write", step_up=True)
@@ -541,7 +543,7 @@ class AdminService:
 
     def audit_events(
         self,
-        principal: Principal,
+        principal: Actor,
         organization_id: str,
         *,
         type: str | None,

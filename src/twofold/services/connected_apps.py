@@ -29,7 +29,7 @@ from twofold.oauth.scopes import ALLOWED
 
 from . import audit
 from .admin import AdminService
-from .context import Principal, RequestContext
+from .context import Actor, AppPrincipal, RequestContext
 
 SCOPE = "connected_apps:write"
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
@@ -61,6 +61,10 @@ def check_redirect_uri(uri: str) -> str:
         raise ValidationFailed(f"redirect URI {uri!r} must not have a fragment")
     if "*" in uri:
         raise ValidationFailed(f"redirect URI {uri!r} must be exact: no wildcards")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        raise ValidationFailed(f"redirect URI {uri!r} has an invalid port") from None
     if parts.scheme == "https" and parts.hostname:
         return uri
     if parts.scheme == "http" and parts.hostname:
@@ -100,7 +104,7 @@ class ConnectedAppService:
     # -- rules -----------------------------------------------------------------------------------
 
     @staticmethod
-    def _scopes(grant_type: str, scopes: Any, principal: Principal) -> list[str]:
+    def _scopes(grant_type: str, scopes: Any, principal: Actor) -> list[str]:
         if not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) for s in scopes):
             raise ValidationFailed("scopes must be a non-empty list of scope names")
         allowed = ALLOWED[grant_type]
@@ -109,7 +113,7 @@ class ConnectedAppService:
             raise ValidationFailed(
                 f"{', '.join(unknown)} cannot be granted to a {grant_type} app; allowed: {', '.join(sorted(allowed))}"
             )
-        if principal.session is None and not set(scopes) <= principal.scopes:
+        if isinstance(principal, AppPrincipal) and not set(scopes) <= principal.scopes:
             # An app may create apps, but never one with more power than its own.
             raise Forbidden("a connected app cannot grant scopes it does not hold")
         return sorted(set(scopes))
@@ -137,12 +141,12 @@ class ConnectedAppService:
             raise NotFound("no such connected app")
         return app
 
-    def list_apps(self, principal: Principal, organization_id: str) -> list[AppView]:
+    def list_apps(self, principal: Actor, organization_id: str) -> list[AppView]:
         with self.uow(read_only=True) as uow:
             organization = self.admin.authorize(uow, principal, organization_id, SCOPE)
             return [self._view(uow, app) for app in uow.connected_apps.for_organization(organization.root_id)]
 
-    def get(self, principal: Principal, organization_id: str, app_id: str) -> AppView:
+    def get(self, principal: Actor, organization_id: str, app_id: str) -> AppView:
         with self.uow(read_only=True) as uow:
             organization = self.admin.authorize(uow, principal, organization_id, SCOPE)
             return self._view(uow, self._app_in(uow, organization.root_id, app_id))
@@ -151,7 +155,7 @@ class ConnectedAppService:
 
     def create(
         self,
-        principal: Principal,
+        principal: Actor,
         organization_id: str,
         *,
         name: str,
@@ -186,6 +190,8 @@ class ConnectedAppService:
                 auth_method=auth_method,
                 jwks=registered,
                 created_by=principal.user_id,
+                # Whole seconds, like a token's iat: a token of the app's first second is valid.
+                tokens_valid_after=utcnow().replace(microsecond=0),
             )
             uow.connected_apps.add(app)
             uow.flush()  # the app's row before its secret's (no ORM relationship orders them)
@@ -213,7 +219,7 @@ class ConnectedAppService:
 
     def update(
         self,
-        principal: Principal,
+        principal: Actor,
         organization_id: str,
         app_id: str,
         changes: Mapping[str, Any],
@@ -257,7 +263,7 @@ class ConnectedAppService:
             )
             return self._view(uow, app)
 
-    def delete(self, principal: Principal, organization_id: str, app_id: str, context: RequestContext) -> None:
+    def delete(self, principal: Actor, organization_id: str, app_id: str, context: RequestContext) -> None:
         with self.uow() as uow:
             organization = self.admin.authorize(uow, principal, organization_id, SCOPE, step_up=True)
             app = self._app_in(uow, organization.root_id, app_id)
@@ -273,7 +279,7 @@ class ConnectedAppService:
 
     def rotate_secret(
         self,
-        principal: Principal,
+        principal: Actor,
         organization_id: str,
         app_id: str,
         *,

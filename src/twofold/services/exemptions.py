@@ -27,7 +27,7 @@ from twofold.domain.rules import exemption_applies
 
 from . import audit
 from .admin import AdminService
-from .context import Principal, RequestContext
+from .context import Actor, RequestContext
 from .sessions import SessionService
 
 DEFAULT_LIFETIME = timedelta(days=90)
@@ -82,7 +82,7 @@ class ExemptionService:
             raise NotFound("this organization has no local identity provider")
         return provider.id
 
-    def exempt_accounts(self, principal: Principal, organization_id: str) -> list[ExemptionView]:
+    def exempt_accounts(self, principal: Actor, organization_id: str) -> list[ExemptionView]:
         now = utcnow()
         with self.uow(read_only=True) as uow:
             organization = self.admin.authorize(uow, principal, organization_id, "users:read")
@@ -102,7 +102,7 @@ class ExemptionService:
                 if x.user_id in users
             ]
 
-    def candidates(self, principal: Principal, organization_id: str) -> list[User]:
+    def candidates(self, principal: Actor, organization_id: str) -> list[User]:
         """Accounts that could be added now: never an SSO account or an administrator, never a human
         once the cut-off has passed; accounts already on the list are left out."""
         now = utcnow()
@@ -122,7 +122,7 @@ class ExemptionService:
 
     def exempt(
         self,
-        principal: Principal,
+        principal: Actor,
         organization_id: str,
         user_id: str,
         *,
@@ -181,7 +181,7 @@ class ExemptionService:
             )
             return exemption
 
-    def remove(self, principal: Principal, organization_id: str, user_id: str, *, context: RequestContext) -> int:
+    def remove(self, principal: Actor, organization_id: str, user_id: str, *, context: RequestContext) -> int:
         """Take an account off the exempt list (★); its sessions end. Returns how many ended."""
         now = utcnow()
         with self.uow() as uow:

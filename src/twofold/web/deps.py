@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from twofold.container import Twofold
 from twofold.domain.errors import Forbidden, Unauthenticated
-from twofold.services.context import Principal, RequestContext
+from twofold.services.context import Actor, Principal, RequestContext
 
 from .netutil import client_address
 
@@ -75,3 +75,16 @@ def principal(request: Request) -> Principal:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(principal)]
+
+
+def actor(request: Request) -> Actor:
+    """For the administration API: an administrator's session as above, or a connected app's access
+    token (a JWT: three dot-separated parts) for what its scopes allow."""
+    token = bearer_token(request)
+    if token is not None and token.count(".") == 2:
+        twofold: Twofold = request.app.state.twofold
+        return twofold.oauth.app_principal(token)
+    return principal(request)
+
+
+CurrentActor = Annotated[Actor, Depends(actor)]

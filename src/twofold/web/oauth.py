@@ -1,17 +1,79 @@
-"""OAuth 2.0 / OpenID Connect endpoints (API.md): the published token-signing keys."""
+"""OAuth 2.0 / OpenID Connect endpoints (API.md): discovery, the token endpoint, the signing keys.
+
+The token endpoint takes ``application/x-www-form-urlencoded`` (RFC 6749 §4.4.2) and answers JSON with
+``Cache-Control: no-store``; errors are RFC 6749 §5.2 objects (``invalid_client``, ``invalid_scope``,
+``unsupported_grant_type`` …), not problem+json, since OAuth clients read those.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
-from .deps import App
+from twofold.oauth.scopes import ADMIN_SCOPES
 
-# Described by OpenID discovery, not by the /api/v1 OpenAPI document.
+from .deps import App, request_context
+
+# Described by the discovery document, not by the /api/v1 OpenAPI document.
 router = APIRouter(include_in_schema=False)
 
+FORM_LIMIT = 16 * 1024
 
-@router.get("/oauth2/jwks", summary="The token-signing keys (JWK set, RFC 7517)")
+
+@router.get("/.well-known/openid-configuration")
+def discovery(twofold: App) -> JSONResponse:
+    """What this server offers today (RFC 8414, OpenID Connect Discovery 1.0); it grows with the grants."""
+    base = twofold.settings.public_url
+    document: dict[str, Any] = {
+        "issuer": base,
+        "token_endpoint": f"{base}/oauth2/token",
+        "jwks_uri": f"{base}/oauth2/jwks",
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "scopes_supported": list(ADMIN_SCOPES),
+        "response_types_supported": [],
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "subject_types_supported": ["public"],
+    }
+    return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})
+
+
+@router.get("/oauth2/jwks")
 def jwks(twofold: App) -> JSONResponse:
-    # Cacheable for a few minutes: a rotated key is published a day before anything needs it gone.
+    # Cacheable for a few minutes: a rotated key stays published a day after it signs its last token.
     return JSONResponse(twofold.signing_keys.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+
+@router.post("/oauth2/token")
+async def token(request: Request, twofold: App) -> JSONResponse:
+    if int(request.headers.get("content-length") or 0) > FORM_LIMIT:
+        return _oauth_error(400, "invalid_request", "the request is too large")
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return _oauth_error(400, "invalid_request", "send the parameters as application/x-www-form-urlencoded")
+    try:
+        form = await request.form(max_files=0, max_fields=20)
+    except Exception:
+        return _oauth_error(400, "invalid_request", "the body is not a valid form")
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    status, body, headers = await run_in_threadpool(
+        twofold.oauth.token_endpoint,
+        uri=f"{twofold.settings.public_url}/oauth2/token",
+        headers=request.headers,
+        form=fields,
+        context=request_context(request),
+    )
+    response = JSONResponse(body, status_code=status)
+    for name, value in headers:
+        response.headers[name] = value
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+def _oauth_error(status: int, error: str, description: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": error, "error_description": description}, status_code=status, headers={"Cache-Control": "no-store"}
+    )

@@ -18,7 +18,7 @@ from twofold.services.admin import UserView
 from twofold.services.connected_apps import AppView
 from twofold.services.exemptions import ExemptionView
 
-from ..deps import App, Context, CurrentPrincipal
+from ..deps import App, Context, CurrentActor
 from .schemas import (
     PROBLEM_RESPONSES,
     BusinessGroupBody,
@@ -108,7 +108,7 @@ def event_body(event: AuditEvent) -> dict[str, Any]:
 
 
 @router.get("", summary="The organization with its business-group tree")
-def get_organization(org: str, principal: CurrentPrincipal, twofold: App) -> dict[str, Any]:
+def get_organization(org: str, principal: CurrentActor, twofold: App) -> dict[str, Any]:
     organization, tree = twofold.admin.organization_tree(principal, org)
     root = next((node for node in tree if node.id == organization.root_id), organization)
     body = organization_body(root, tree)
@@ -119,7 +119,7 @@ def get_organization(org: str, principal: CurrentPrincipal, twofold: App) -> dic
 
 @router.patch("", summary="Organization policy: WebAuthn attestation and allowed authenticator models ★")
 def update_organization(
-    org: str, body: OrganizationPolicyBody, principal: CurrentPrincipal, twofold: App, context: Context
+    org: str, body: OrganizationPolicyBody, principal: CurrentActor, twofold: App, context: Context
 ) -> dict[str, Any]:
     organization = twofold.admin.update_webauthn_policy(
         principal, org, changes=body.model_dump(exclude_unset=True), context=context
@@ -134,7 +134,7 @@ def update_organization(
 
 @router.post("/business-groups", status_code=201, summary="Create a business group")
 def create_business_group(
-    org: str, body: BusinessGroupBody, principal: CurrentPrincipal, twofold: App, context: Context
+    org: str, body: BusinessGroupBody, principal: CurrentActor, twofold: App, context: Context
 ) -> JSONResponse:
     group = twofold.admin.create_business_group(
         principal, org, name=body.name, parent_id=body.parent_id, context=context
@@ -145,7 +145,7 @@ def create_business_group(
 @router.get("/users", summary="Users, searchable, with cursor paging")
 def list_users(
     org: str,
-    principal: CurrentPrincipal,
+    principal: CurrentActor,
     twofold: App,
     q: Annotated[str | None, Query(max_length=256)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -157,7 +157,7 @@ def list_users(
 
 @router.post("/users", status_code=201, summary="Create a user (no password: a one-time set-up link)")
 def create_user(
-    org: str, body: CreateUserBody, principal: CurrentPrincipal, twofold: App, context: Context
+    org: str, body: CreateUserBody, principal: CurrentActor, twofold: App, context: Context
 ) -> JSONResponse:
     organization = twofold.admin.authorize_user_write(principal, org)
     created = twofold.accounts.create_user(
@@ -178,13 +178,13 @@ def create_user(
 
 
 @router.get("/users/{user_id}", summary="One user")
-def get_user(org: str, user_id: str, principal: CurrentPrincipal, twofold: App) -> dict[str, Any]:
+def get_user(org: str, user_id: str, principal: CurrentActor, twofold: App) -> dict[str, Any]:
     return user_body(twofold.admin.get_user(principal, org, user_id))
 
 
 @router.patch("/users/{user_id}", summary="Update display name, email or status (disabling ends sessions)")
 def update_user(
-    org: str, user_id: str, body: UpdateUserBody, principal: CurrentPrincipal, twofold: App, context: Context
+    org: str, user_id: str, body: UpdateUserBody, principal: CurrentActor, twofold: App, context: Context
 ) -> dict[str, Any]:
     changes = body.model_dump(exclude_unset=True)
     if changes.get("email", "") is None:
@@ -195,19 +195,19 @@ def update_user(
 
 
 @router.post("/users/{user_id}/unlock", status_code=204, summary="Lift a second-factor lock ★")
-def unlock(org: str, user_id: str, principal: CurrentPrincipal, twofold: App, context: Context) -> Response:
+def unlock(org: str, user_id: str, principal: CurrentActor, twofold: App, context: Context) -> Response:
     twofold.admin.unlock(principal, org, user_id, context)
     return Response(status_code=204)
 
 
 @router.post("/users/{user_id}/mfa/reset", status_code=204, summary="Reset the user's MFA (R7) ★")
-def reset_mfa(org: str, user_id: str, principal: CurrentPrincipal, twofold: App, context: Context) -> Response:
+def reset_mfa(org: str, user_id: str, principal: CurrentActor, twofold: App, context: Context) -> Response:
     twofold.admin.reset_mfa(principal, org, user_id, context)
     return Response(status_code=204)
 
 
 @router.get("/attention", summary="Accounts that need an administrator: locked, cloned authenticator, disabled")
-def attention(org: str, principal: CurrentPrincipal, twofold: App) -> dict[str, Any]:
+def attention(org: str, principal: CurrentActor, twofold: App) -> dict[str, Any]:
     found = twofold.admin.attention(principal, org)
     return {
         "locked": [user_body(v) for v in found.locked],
@@ -218,7 +218,7 @@ def attention(org: str, principal: CurrentPrincipal, twofold: App) -> dict[str, 
 
 
 @router.get("/mfa-report", summary="Users by MFA state and active methods by type")
-def mfa_report(org: str, principal: CurrentPrincipal, twofold: App) -> dict[str, Any]:
+def mfa_report(org: str, principal: CurrentActor, twofold: App) -> dict[str, Any]:
     report = twofold.admin.mfa_report(principal, org)
     return {
         "users": report.users,
@@ -242,9 +242,7 @@ def mfa_report(org: str, principal: CurrentPrincipal, twofold: App) -> dict[str,
     status_code=204,
     summary="Make the user an Organization Administrator ★",
 )
-def grant_administrator(
-    org: str, user_id: str, principal: CurrentPrincipal, twofold: App, context: Context
-) -> Response:
+def grant_administrator(org: str, user_id: str, principal: CurrentActor, twofold: App, context: Context) -> Response:
     twofold.admin.grant_administrator(principal, org, user_id, context)
     return Response(status_code=204)
 
@@ -254,15 +252,13 @@ def grant_administrator(
     status_code=204,
     summary="Revoke Organization Administrator ★",
 )
-def revoke_administrator(
-    org: str, user_id: str, principal: CurrentPrincipal, twofold: App, context: Context
-) -> Response:
+def revoke_administrator(org: str, user_id: str, principal: CurrentActor, twofold: App, context: Context) -> Response:
     twofold.admin.revoke_administrator(principal, org, user_id, context)
     return Response(status_code=204)
 
 
 @router.get("/identity-providers", summary="The local identity provider and any external ones")
-def identity_providers(org: str, principal: CurrentPrincipal, twofold: App) -> list[dict[str, Any]]:
+def identity_providers(org: str, principal: CurrentActor, twofold: App) -> list[dict[str, Any]]:
     return [
         {"id": p.id, "type": p.type, "name": p.name, "issuer": p.issuer, "created_at": ts(p.created_at)}
         for p in twofold.admin.identity_providers(principal, org)
@@ -285,7 +281,7 @@ def exemption_body(view: ExemptionView) -> dict[str, Any]:
 
 
 @router.get("/identity-providers/local/exempt-accounts", summary="The exempt list of the local identity provider")
-def exempt_accounts(org: str, principal: CurrentPrincipal, twofold: App) -> list[dict[str, Any]]:
+def exempt_accounts(org: str, principal: CurrentActor, twofold: App) -> list[dict[str, Any]]:
     return [exemption_body(view) for view in twofold.exemptions.exempt_accounts(principal, org)]
 
 
@@ -293,7 +289,7 @@ def exempt_accounts(org: str, principal: CurrentPrincipal, twofold: App) -> list
     "/identity-providers/local/exempt-accounts/candidates",
     summary="Accounts that may be exempted now: local test-automation and RPA service accounts",
 )
-def exempt_candidates(org: str, principal: CurrentPrincipal, twofold: App) -> list[dict[str, Any]]:
+def exempt_candidates(org: str, principal: CurrentActor, twofold: App) -> list[dict[str, Any]]:
     return [
         {
             "user_id": user.id,
@@ -314,7 +310,7 @@ def exempt_candidates(org: str, principal: CurrentPrincipal, twofold: App) -> li
 def exempt_account(
     org: str,
     user_id: str,
-    principal: CurrentPrincipal,
+    principal: CurrentActor,
     twofold: App,
     context: Context,
     body: ExemptionBody | None = None,
@@ -329,7 +325,7 @@ def exempt_account(
     status_code=204,
     summary="Remove an exemption; the account's sessions end ★",
 )
-def remove_exemption(org: str, user_id: str, principal: CurrentPrincipal, twofold: App, context: Context) -> Response:
+def remove_exemption(org: str, user_id: str, principal: CurrentActor, twofold: App, context: Context) -> Response:
     twofold.exemptions.remove(principal, org, user_id, context=context)
     return Response(status_code=204)
 
@@ -354,13 +350,13 @@ def app_body(view: AppView) -> dict[str, Any]:
 
 
 @router.get("/connected-apps", summary="The organization's connected apps (OAuth 2.0 clients)")
-def connected_apps(org: str, principal: CurrentPrincipal, twofold: App) -> list[dict[str, Any]]:
+def connected_apps(org: str, principal: CurrentActor, twofold: App) -> list[dict[str, Any]]:
     return [app_body(view) for view in twofold.connected_apps.list_apps(principal, org)]
 
 
 @router.post("/connected-apps", status_code=201, summary="Create a connected app; its secret is shown this once ★")
 def create_connected_app(
-    org: str, body: ConnectedAppBody, principal: CurrentPrincipal, twofold: App, context: Context
+    org: str, body: ConnectedAppBody, principal: CurrentActor, twofold: App, context: Context
 ) -> JSONResponse:
     created = twofold.connected_apps.create(
         principal,
@@ -379,7 +375,7 @@ def create_connected_app(
 
 
 @router.get("/connected-apps/{app_id}", summary="One connected app")
-def connected_app(org: str, app_id: str, principal: CurrentPrincipal, twofold: App) -> dict[str, Any]:
+def connected_app(org: str, app_id: str, principal: CurrentActor, twofold: App) -> dict[str, Any]:
     return app_body(twofold.connected_apps.get(principal, org, app_id[:64]))
 
 
@@ -387,16 +383,14 @@ def connected_app(org: str, app_id: str, principal: CurrentPrincipal, twofold: A
     "/connected-apps/{app_id}", summary="Rename, change scopes or redirect URIs, enable or disable (kills tokens) ★"
 )
 def update_connected_app(
-    org: str, app_id: str, body: ConnectedAppUpdateBody, principal: CurrentPrincipal, twofold: App, context: Context
+    org: str, app_id: str, body: ConnectedAppUpdateBody, principal: CurrentActor, twofold: App, context: Context
 ) -> dict[str, Any]:
     changes = body.model_dump(exclude_unset=True)
     return app_body(twofold.connected_apps.update(principal, org, app_id[:64], changes, context))
 
 
 @router.delete("/connected-apps/{app_id}", status_code=204, summary="Delete a connected app; its tokens die ★")
-def delete_connected_app(
-    org: str, app_id: str, principal: CurrentPrincipal, twofold: App, context: Context
-) -> Response:
+def delete_connected_app(org: str, app_id: str, principal: CurrentActor, twofold: App, context: Context) -> Response:
     twofold.connected_apps.delete(principal, org, app_id[:64], context)
     return Response(status_code=204)
 
@@ -409,7 +403,7 @@ def delete_connected_app(
 def rotate_connected_app_secret(
     org: str,
     app_id: str,
-    principal: CurrentPrincipal,
+    principal: CurrentActor,
     twofold: App,
     context: Context,
     body: SecretRotationBody | None = None,
@@ -427,7 +421,7 @@ def rotate_connected_app_secret(
 def audit_events(
     org: str,
     request: Request,
-    principal: CurrentPrincipal,
+    principal: CurrentActor,
     twofold: App,
     type: Annotated[str | None, Query(max_length=64)] = None,
     user_id: Annotated[str | None, Query(max_length=64)] = None,
