@@ -304,6 +304,46 @@ class SigningKey:
     created_at: datetime = field(default_factory=utcnow)
 
 
+@dataclass(eq=False)
+class AuthorizationCode:
+    """A code of the authorization-code grant (RFC 6749 §4.1): its hash, what it was issued for, once."""
+
+    code_hash: str
+    app_id: str
+    user_id: str
+    session_id: str
+    redirect_uri: str
+    scope: str
+    code_challenge: str
+    expires_at: datetime
+    auth_time: datetime
+    amr: list[str]
+    acr: str
+    nonce: str | None = None
+    used_at: datetime | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(eq=False)
+class RefreshToken:
+    """A refresh token (hash). Each use rotates it; a used one presented again revokes its whole family
+    (RFC 9700 §4.14.2), since one of the two presenters stole it."""
+
+    token_hash: str
+    family_id: str
+    app_id: str
+    user_id: str
+    session_id: str | None
+    scope: str
+    auth_time: datetime
+    amr: list[str]
+    acr: str
+    expires_at: datetime
+    used_at: datetime | None = None
+    revoked_at: datetime | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+
 class PushStatus(enum.StrEnum):
     PENDING = "pending"
     APPROVED = "approved"

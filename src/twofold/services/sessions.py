@@ -129,8 +129,10 @@ class SessionService:
         return count
 
     def end_all(self, uow: UnitOfWork, user_id: str, *, now: datetime) -> int:
-        """Every session and open login transaction of a user ends (disable, reset, lock, password change)."""
+        """Every session, open login transaction and refresh token of a user ends (disable, reset, lock,
+        password change, exemption removed): an app signed in as the user keeps nothing either (R7)."""
         uow.transactions.end_all_for_user(user_id, now=now)
+        uow.refresh_tokens.revoke_for_user(user_id, now=now)
         return uow.sessions.revoke_all_for_user(user_id, now=now)
 
     def renew_step_up(self, uow: UnitOfWork, session: Session, *, now: datetime) -> datetime:

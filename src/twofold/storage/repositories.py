@@ -501,6 +501,56 @@ class ClientSecretRepository(_Repository):
         ).all()
 
 
+class AuthorizationCodeRepository(_Repository):
+    def add(self, code: e.AuthorizationCode) -> None:
+        self.s.add(code)
+
+    def by_hash(self, code_hash: str) -> e.AuthorizationCode | None:
+        return self.s.get(e.AuthorizationCode, code_hash)
+
+    def redeem(self, code_hash: str, *, now: datetime) -> bool:
+        """Once: of two redemptions of one code, exactly one changes the row."""
+        c = t.authorization_codes.c
+        result: Any = self.s.execute(
+            update(t.authorization_codes)
+            .where(c.code_hash == code_hash, c.used_at.is_(None), c.expires_at > now)
+            .values(used_at=now)
+        )
+        return int(result.rowcount or 0) == 1
+
+
+class RefreshTokenRepository(_Repository):
+    def add(self, token: e.RefreshToken) -> None:
+        self.s.add(token)
+
+    def by_hash(self, token_hash: str) -> e.RefreshToken | None:
+        return self.s.get(e.RefreshToken, token_hash)
+
+    def rotate(self, token_hash: str, *, now: datetime) -> bool:
+        """Spend a refresh token, once (conditional UPDATE)."""
+        c = t.refresh_tokens.c
+        result: Any = self.s.execute(
+            update(t.refresh_tokens)
+            .where(c.token_hash == token_hash, c.used_at.is_(None), c.revoked_at.is_(None), c.expires_at > now)
+            .values(used_at=now)
+        )
+        return int(result.rowcount or 0) == 1
+
+    def revoke_family(self, family_id: str, *, now: datetime) -> int:
+        c = t.refresh_tokens.c
+        result: Any = self.s.execute(
+            update(t.refresh_tokens).where(c.family_id == family_id, c.revoked_at.is_(None)).values(revoked_at=now)
+        )
+        return int(result.rowcount or 0)
+
+    def revoke_for_user(self, user_id: str, *, now: datetime) -> int:
+        c = t.refresh_tokens.c
+        result: Any = self.s.execute(
+            update(t.refresh_tokens).where(c.user_id == user_id, c.revoked_at.is_(None)).values(revoked_at=now)
+        )
+        return int(result.rowcount or 0)
+
+
 class SigningKeyRepository(_Repository):
     def add(self, key: e.SigningKey) -> None:
         self.s.add(key)
@@ -617,6 +667,9 @@ class SessionRepository(_Repository):
 
     def by_token_hash(self, token_hash: str) -> e.Session | None:
         return self.s.scalars(select(e.Session).where(t.sessions.c.token_hash == token_hash)).first()
+
+    def get(self, session_id: str) -> e.Session | None:
+        return self.s.get(e.Session, session_id) if isinstance(session_id, str) else None
 
     def touch(self, session_id: str, *, now: datetime) -> None:
         self.s.execute(update(t.sessions).where(t.sessions.c.id == session_id).values(last_seen_at=now))
@@ -749,12 +802,18 @@ class Housekeeping(_Repository):
         )
         run("one_time_tokens", delete(t.one_time_tokens).where(t.one_time_tokens.c.expires_at < now))
         run("challenges", delete(t.challenges).where(t.challenges.c.expires_at < now))
-        # Push challenges are kept a day after they expire: the console shows "this wasn't me" reports.
+        # Push challenges are kept 30 days after they expire: the console shows "this wasn't me" reports.
         run(
             "push_challenges",
             delete(t.push_challenges).where(t.push_challenges.c.expires_at < now - timedelta(days=30)),
         )
+        # A used code is kept a day: a second redemption within it still revokes what the first issued.
+        stale_codes = now - timedelta(days=1)
         run("device_request_ids", delete(t.device_request_ids).where(t.device_request_ids.c.expires_at < now))
+        run(
+            "authorization_codes", delete(t.authorization_codes).where(t.authorization_codes.c.expires_at < stale_codes)
+        )
+        run("refresh_tokens", delete(t.refresh_tokens).where(t.refresh_tokens.c.expires_at < now))
         # A throttle row matters until its block ends and its window closes; a day later it is history.
         stale = now - timedelta(days=1)
         run(

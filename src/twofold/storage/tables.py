@@ -221,6 +221,43 @@ client_secrets = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )
 
+authorization_codes = Table(
+    "authorization_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("app_id", ID, ForeignKey("connected_apps.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("session_id", ID, nullable=False),
+    Column("redirect_uri", String(2000), nullable=False),
+    Column("scope", String(500), nullable=False),
+    Column("code_challenge", String(128), nullable=False),
+    Column("nonce", String(500), nullable=True),
+    Column("auth_time", UTCDateTime, nullable=False),
+    Column("amr", JSON, nullable=False),
+    Column("acr", String(64), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("family_id", ID, nullable=False, index=True),
+    Column("app_id", ID, ForeignKey("connected_apps.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("session_id", ID, nullable=True),
+    Column("scope", String(500), nullable=False),
+    Column("auth_time", UTCDateTime, nullable=False),
+    Column("amr", JSON, nullable=False),
+    Column("acr", String(64), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
 signing_keys = Table(
     "signing_keys",
     metadata,
@@ -341,6 +378,8 @@ def map_entities() -> None:
     mapper_registry.map_imperatively(e.ConnectedApp, connected_apps)
     mapper_registry.map_imperatively(e.ClientSecret, client_secrets)
     mapper_registry.map_imperatively(e.SigningKey, signing_keys)
+    mapper_registry.map_imperatively(e.AuthorizationCode, authorization_codes)
+    mapper_registry.map_imperatively(e.RefreshToken, refresh_tokens)
     mapper_registry.map_imperatively(e.LoginTransaction, login_transactions)
     mapper_registry.map_imperatively(e.Session, sessions)
     mapper_registry.map_imperatively(e.OneTimeToken, one_time_tokens)

@@ -65,6 +65,8 @@ class SqlUnitOfWork:
         self.connected_apps = r.ConnectedAppRepository(session)
         self.client_secrets = r.ClientSecretRepository(session)
         self.signing_keys = r.SigningKeyRepository(session)
+        self.authorization_codes = r.AuthorizationCodeRepository(session)
+        self.refresh_tokens = r.RefreshTokenRepository(session)
         self.transactions = r.TransactionRepository(session)
         self.sessions = r.SessionRepository(session)
         self.tokens = r.OneTimeTokenRepository(session)

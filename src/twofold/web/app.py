@@ -23,6 +23,7 @@ from .api import login as login_api
 from .api import me as me_api
 from .api import push as push_api
 from .middleware import LimitsAndHeaders
+from .pages import authorize as authorize_pages
 from .pages import common as page_common
 from .pages import console as console_pages
 from .pages import profile as profile_pages
@@ -67,6 +68,7 @@ def create_app(
     app.include_router(pages.router)
     app.include_router(profile_pages.router)
     app.include_router(console_pages.router)
+    app.include_router(authorize_pages.router)
     page_common.mount_static(app)
 
     @app.get("/healthz", include_in_schema=False)

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from twofold.oauth.scopes import ADMIN_SCOPES
+from twofold.domain.errors import TwofoldError
+from twofold.oauth.scopes import ADMIN_SCOPES, USER_SCOPES
 
 from .deps import App, request_context
 
@@ -31,10 +32,27 @@ def discovery(twofold: App) -> JSONResponse:
         "issuer": base,
         "token_endpoint": f"{base}/oauth2/token",
         "jwks_uri": f"{base}/oauth2/jwks",
-        "grant_types_supported": ["client_credentials"],
+        "authorization_endpoint": f"{base}/oauth2/authorize",
+        "userinfo_endpoint": f"{base}/oauth2/userinfo",
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": True,
+        "claims_supported": [
+            "sub",
+            "iss",
+            "aud",
+            "auth_time",
+            "amr",
+            "acr",
+            "nonce",
+            "sid",
+            "name",
+            "preferred_username",
+            "email",
+        ],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "scopes_supported": list(ADMIN_SCOPES),
-        "response_types_supported": [],
+        "scopes_supported": [*USER_SCOPES, *ADMIN_SCOPES],
+        "response_types_supported": ["code"],
         "id_token_signing_alg_values_supported": ["ES256"],
         "subject_types_supported": ["public"],
     }
@@ -47,17 +65,43 @@ def jwks(twofold: App) -> JSONResponse:
     return JSONResponse(twofold.signing_keys.jwks(), headers={"Cache-Control": "public, max-age=300"})
 
 
+@router.api_route("/oauth2/userinfo", methods=["GET", "POST"])
+def userinfo(request: Request, twofold: App) -> JSONResponse:
+    header = request.headers.get("authorization") or ""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return JSONResponse(
+            {"error": "invalid_token"}, status_code=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        )
+    try:
+        info = twofold.oauth.user_info(token.strip())
+    except TwofoldError as error:
+        return JSONResponse(
+            {"error": "invalid_token", "error_description": error.detail},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    return JSONResponse(info, headers={"Cache-Control": "no-store"})
+
+
 @router.post("/oauth2/token")
 async def token(request: Request, twofold: App) -> JSONResponse:
     if int(request.headers.get("content-length") or 0) > FORM_LIMIT:
         return _oauth_error(400, "invalid_request", "the request is too large")
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return _oauth_error(400, "invalid_request", "send the parameters as application/x-www-form-urlencoded")
+    # A chunked body has no Content-Length: its size is known once read (the form parser reuses it).
+    if len(await request.body()) > FORM_LIMIT:
+        return _oauth_error(400, "invalid_request", "the request is too large")
     try:
         form = await request.form(max_files=0, max_fields=20)
     except Exception:
         return _oauth_error(400, "invalid_request", "the body is not a valid form")
+    if any(len(form.getlist(key)) > 1 for key in form):
+        return _oauth_error(400, "invalid_request", "a parameter was sent more than once")  # RFC 6749 §3.2
     fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    if not fields.get("grant_type"):
+        return _oauth_error(400, "invalid_request", "grant_type is missing")  # RFC 6749 §5.2
     status, body, headers = await run_in_threadpool(
         twofold.oauth.token_endpoint,
         uri=f"{twofold.settings.public_url}/oauth2/token",

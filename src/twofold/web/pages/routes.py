@@ -28,6 +28,7 @@ from twofold.services.push import enrollment_key
 
 from .. import problems
 from ..deps import LOGIN_COOKIE, SESSION_COOKIE, request_context
+from .authorize import resume_response
 from .common import (
     WEBAUTHN_TYPES,
     clear_cookie,
@@ -68,6 +69,9 @@ def home(request: Request) -> Response:
     principal = current_principal(request)
     if principal is None:
         return RedirectResponse("/login", status_code=303)
+    resumed = resume_response(request)  # an application's sign-in that the login interrupted
+    if resumed is not None:
+        return resumed
     twofold = twofold_of(request)
     view = twofold.admin.self_view(principal)
     remaining = twofold.methods.recovery_codes_remaining(principal.user.id)

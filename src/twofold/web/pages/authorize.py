@@ -1,0 +1,163 @@
+"""``/oauth2/authorize``: an application sends the browser here to sign its user in (OpenID Connect).
+
+The sign-in is the same state machine and pages as any other (password, then MFA or forced enrollment):
+an unauthenticated browser keeps the request in a signed ``__Host-`` cookie and is sent to ``/login``;
+every sign-in lands on ``/``, which resumes the request. A first-party app gets its code at once;
+others ask for consent. Errors that cannot go back to the app (unknown client, unregistered redirect URI)
+are shown here; the rest go back to the app's redirect URI (RFC 6749 §4.1.2.1) with ``iss`` (RFC 9207).
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from twofold.domain.errors import Forbidden
+from twofold.oauth.scopes import USER_SCOPES
+from twofold.services.oauth import AuthorizationError, AuthorizationRedirect, AuthorizationRequest
+
+from ..deps import request_context
+from .common import clear_cookie, csrf_refused, current_principal, read_form, render, set_cookie, twofold_of
+
+router = APIRouter(include_in_schema=False)
+
+AUTHORIZE_COOKIE = "__Host-twofold_authorize"
+PENDING_SECONDS = 15 * 60  # as long as an enrolling login transaction lives
+QUERY_LIMIT = 4096
+SCOPE_WORDS = {
+    "openid": "Know who you are (your Twofold account)",
+    "profile": "See your username and name",
+    "email": "See your email address",
+    "offline_access": "Stay signed in to it until you sign out",
+}
+assert set(SCOPE_WORDS) == set(USER_SCOPES)
+
+
+def _back_to_app(error: AuthorizationRedirect, issuer: str) -> RedirectResponse:
+    params = {"error": error.error, "error_description": error.description, "iss": issuer}
+    if error.state:
+        params["state"] = error.state
+    separator = "&" if "?" in error.redirect_uri else "?"
+    return RedirectResponse(f"{error.redirect_uri}{separator}{urlencode(params)}", status_code=303)
+
+
+def _refused_page(request: Request, error: AuthorizationError) -> HTMLResponse:
+    return render(
+        request,
+        "message.html",
+        {"title": "This application cannot sign you in", "message": str(error), "back": "/", "back_label": "Home"},
+        principal=current_principal(request),
+        status=400,
+    )
+
+
+def pending_query(request: Request) -> str | None:
+    """The authorization request a sign-in interrupted, when its cookie is intact and fresh."""
+    value = request.cookies.get(AUTHORIZE_COOKIE) or ""
+    stamp, _, rest = value.partition(".")
+    signature, _, query = rest.partition(".")
+    twofold = twofold_of(request)
+    if not stamp.isdigit() or not twofold.mac.verify(f"authorize:{stamp}:{query}", signature):
+        return None
+    if int(stamp) + PENDING_SECONDS < time.time():
+        return None
+    return query
+
+
+def resume_response(request: Request) -> Response | None:
+    """Home's hook: after a sign-in, go back to the interrupted authorization request."""
+    query = pending_query(request)
+    if query is None:
+        return None
+    response = RedirectResponse(f"/oauth2/authorize?{query}", status_code=303)
+    clear_cookie(response, AUTHORIZE_COOKIE)
+    return response
+
+
+def _code_redirect(request: Request, authorization: AuthorizationRequest, code: str) -> RedirectResponse:
+    params = {"code": code, "iss": twofold_of(request).settings.public_url}
+    if authorization.state:
+        params["state"] = authorization.state
+    separator = "&" if "?" in authorization.redirect_uri else "?"
+    response = RedirectResponse(f"{authorization.redirect_uri}{separator}{urlencode(params)}", status_code=303)
+    clear_cookie(response, AUTHORIZE_COOKIE)
+    return response
+
+
+@router.get("/oauth2/authorize", response_class=HTMLResponse)
+def authorize(request: Request) -> Response:
+    twofold = twofold_of(request)
+    query = request.url.query
+    if len(query) > QUERY_LIMIT:
+        return _refused_page(request, AuthorizationError("The request is too large."))
+    try:
+        authorization = twofold.oauth.check_authorization_request(dict(request.query_params))
+    except AuthorizationError as error:
+        return _refused_page(request, error)
+    except AuthorizationRedirect as error:
+        return _back_to_app(error, twofold.settings.public_url)
+    principal = current_principal(request)
+    if principal is None:
+        # Sign in first (password, MFA or forced enrollment); "/" brings the browser back here.
+        response = RedirectResponse("/login", status_code=303)
+        stamp = str(int(time.time()))
+        signature = twofold.mac.sign(f"authorize:{stamp}:{query}")
+        set_cookie(response, AUTHORIZE_COOKIE, f"{stamp}.{signature}.{query}", max_age=PENDING_SECONDS)
+        return response
+    if authorization.app.first_party:
+        return _grant(request, authorization)
+    return render(
+        request,
+        "consent.html",
+        {
+            "app": authorization.app,
+            "scopes": [(scope, SCOPE_WORDS[scope]) for scope in authorization.scopes],
+            "query": query,
+        },
+        principal=principal,
+    )
+
+
+def _grant(request: Request, authorization: AuthorizationRequest) -> Response:
+    twofold = twofold_of(request)
+    principal = current_principal(request)
+    if principal is None:
+        return RedirectResponse("/login", status_code=303)
+    try:
+        code = twofold.oauth.issue_code(principal, authorization, request_context(request))
+    except AuthorizationRedirect as error:
+        return _back_to_app(error, twofold.settings.public_url)
+    return _code_redirect(request, authorization, code)
+
+
+@router.post("/oauth2/authorize", response_class=HTMLResponse)
+async def consent(request: Request) -> Response:
+    """ "Allow" or "Deny" on the consent page: the request is checked again from its own parameters."""
+    try:
+        form = await read_form(request)
+    except Forbidden as error:
+        return csrf_refused(request, error)
+    twofold = twofold_of(request)
+    query = form.get("query", "")[:QUERY_LIMIT]
+    from urllib.parse import parse_qsl
+
+    try:
+        authorization = twofold.oauth.check_authorization_request(dict(parse_qsl(query)))
+    except AuthorizationError as error:
+        return _refused_page(request, error)
+    except AuthorizationRedirect as error:
+        return _back_to_app(error, twofold.settings.public_url)
+    if form.get("decision") != "allow":
+        return _back_to_app(
+            AuthorizationRedirect(
+                "access_denied",
+                "the user did not allow it",
+                redirect_uri=authorization.redirect_uri,
+                state=authorization.state,
+            ),
+            twofold.settings.public_url,
+        )
+    return _grant(request, authorization)
