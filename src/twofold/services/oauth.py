@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
 import threading
 from collections.abc import Mapping
@@ -601,6 +602,110 @@ class OAuthService:
             claims["email"] = user.email
         return str(jwt.encode({"alg": "ES256", "typ": ID_TOKEN_TYPE, "kid": kid}, claims, key))
 
+    # -- introspection (RFC 7662), revocation (RFC 7009), logout ---------------------------------
+
+    def authenticate_caller(
+        self, *, uri: str, headers: Mapping[str, str], form: Mapping[str, str], endpoint: str
+    ) -> OAuthClient:
+        """The app calling introspection or revocation, authenticated like at the token endpoint."""
+        request = FormRequest(uri, headers, form, RequestContext())
+        client: OAuthClient = self.server.authenticate_client(
+            request, ["client_secret_basic", "client_secret_post"], endpoint
+        )
+        return client
+
+    def introspect(self, caller: OAuthClient, token: str) -> dict[str, Any]:
+        """RFC 7662 §2.2 for tokens of the caller's own organization; anything else is just inactive."""
+        now = utcnow()
+        inactive: dict[str, Any] = {"active": False}
+        if not isinstance(token, str) or not 1 <= len(token) <= 4096:
+            return inactive
+        if token.count(".") == 2:
+            try:
+                claims = access_tokens.read(
+                    token, self._keys_for(token), issuer=self.issuer, audience=_audience_of(token), now=now
+                )
+            except (access_tokens.InvalidAccessToken, Unauthenticated):
+                return inactive
+            with self.uow(read_only=True) as uow:
+                app = uow.connected_apps.by_client_id(str(claims["client_id"]))
+                sid = claims.get("sid")
+                alive = sid is None or (isinstance(sid, str) and self._session_alive(uow, sid, now))
+            if (
+                app is None
+                or not app.enabled
+                or app.organization_id != caller.app.organization_id
+                or int(claims["iat"]) < as_utc(app.tokens_valid_after).timestamp()
+                or not alive
+            ):
+                return inactive
+            keep = ("scope", "client_id", "sub", "exp", "iat", "iss", "aud", "jti", "auth_time", "acr", "amr")
+            return {"active": True, "token_type": "Bearer", **{k: claims[k] for k in keep if k in claims}}
+        with self.uow(read_only=True) as uow:
+            record = uow.refresh_tokens.by_hash(hash_token(token))
+            app = uow.connected_apps.get(record.app_id) if record is not None else None
+        if (
+            record is None
+            or app is None
+            or not app.enabled
+            or app.organization_id != caller.app.organization_id
+            or record.used_at is not None
+            or record.revoked_at is not None
+            or as_utc(record.expires_at) <= now
+        ):
+            return inactive
+        return {
+            "active": True,
+            "token_type": "refresh_token",
+            "scope": record.scope,
+            "client_id": app.client_id,
+            "sub": record.user_id,
+            "exp": int(as_utc(record.expires_at).timestamp()),
+            "iat": int(as_utc(record.created_at).timestamp()),
+            "iss": self.issuer,
+        }
+
+    def revoke(self, caller: OAuthClient, token: str) -> None:
+        """RFC 7009: a refresh token of the caller ends with its whole family. An access token is a JWT that
+        lives ten minutes; the answer is 200 either way (§2.2), and an unknown token changes nothing."""
+        if not isinstance(token, str) or not 1 <= len(token) <= 4096 or token.count(".") == 2:
+            return
+        now = utcnow()
+        with self.uow() as uow:
+            record = uow.refresh_tokens.by_hash(hash_token(token))
+            if record is None or record.app_id != caller.app.id:
+                return
+            count = uow.refresh_tokens.revoke_family(record.family_id, now=now)
+            audit.record(
+                uow,
+                "oauth.revoked",
+                organization_id=caller.app.organization_id,
+                actor_id=caller.app.id,
+                subject_id=record.user_id,
+                details={"client_id": caller.app.client_id, "refresh_revoked": count},
+            )
+
+    def logout_target(
+        self, id_token_hint: str | None, post_logout_redirect_uri: str | None
+    ) -> tuple[str | None, str | None]:
+        """RP-initiated logout: (the user the hint names, where to go after). The hint is the app's own ID
+        token (expired ones too); the address must be one of that app's registered redirect URIs."""
+        if not id_token_hint:
+            return None, None
+        from joserfc import jwt
+
+        try:
+            decoded = jwt.decode(id_token_hint, self._keys_for(id_token_hint), algorithms=["ES256"])
+        except Exception:
+            return None, None
+        claims = decoded.claims
+        if claims.get("iss") != self.issuer:
+            return None, None
+        with self.uow(read_only=True) as uow:
+            app = uow.connected_apps.by_client_id(str(claims.get("aud")))
+        target = post_logout_redirect_uri if app and post_logout_redirect_uri in app.redirect_uris else None
+        return str(claims.get("sub")), target
+
     def user_info(self, token: str) -> dict[str, Any]:
         """OpenID Connect UserInfo (Core §5.3) for a user's access token whose session still stands."""
         now = utcnow()
@@ -670,3 +775,16 @@ class OAuthService:
 def _family_of(code_hash: str) -> str:
     """The refresh-token family a code starts: derived from it, so that a replayed code finds it."""
     return code_hash[:32]
+
+
+def _audience_of(token: str) -> str:
+    """App tokens are for the admin API, user tokens for this issuer (userinfo): read which, unverified,
+    then verify against exactly that audience."""
+    from joserfc.util import urlsafe_b64decode
+
+    try:
+        claims = json.loads(urlsafe_b64decode(token.split(".")[1].encode()))
+    except (ValueError, UnicodeDecodeError, IndexError):
+        return ""
+    audience = claims.get("aud") if isinstance(claims, dict) else None
+    return audience if isinstance(audience, str) else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from authlib.oauth2.rfc6749.errors import OAuth2Error
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -35,6 +36,9 @@ def discovery(twofold: App) -> JSONResponse:
         "authorization_endpoint": f"{base}/oauth2/authorize",
         "userinfo_endpoint": f"{base}/oauth2/userinfo",
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "introspection_endpoint": f"{base}/oauth2/introspect",
+        "revocation_endpoint": f"{base}/oauth2/revoke",
+        "end_session_endpoint": f"{base}/oauth2/logout",
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": True,
         "claims_supported": [
@@ -84,24 +88,62 @@ def userinfo(request: Request, twofold: App) -> JSONResponse:
     return JSONResponse(info, headers={"Cache-Control": "no-store"})
 
 
-@router.post("/oauth2/token")
-async def token(request: Request, twofold: App) -> JSONResponse:
+async def _client_form(request: Request) -> dict[str, str] | JSONResponse:
     if int(request.headers.get("content-length") or 0) > FORM_LIMIT:
         return _oauth_error(400, "invalid_request", "the request is too large")
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return _oauth_error(400, "invalid_request", "send the parameters as application/x-www-form-urlencoded")
-    # A chunked body has no Content-Length: its size is known once read (the form parser reuses it).
-    if len(await request.body()) > FORM_LIMIT:
-        return _oauth_error(400, "invalid_request", "the request is too large")
     try:
         form = await request.form(max_files=0, max_fields=20)
     except Exception:
         return _oauth_error(400, "invalid_request", "the body is not a valid form")
-    if any(len(form.getlist(key)) > 1 for key in form):
-        return _oauth_error(400, "invalid_request", "a parameter was sent more than once")  # RFC 6749 §3.2
-    fields = {key: value for key, value in form.items() if isinstance(value, str)}
-    if not fields.get("grant_type"):
-        return _oauth_error(400, "invalid_request", "grant_type is missing")  # RFC 6749 §5.2
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+async def _caller(request: Request, twofold: Any, fields: dict[str, str], endpoint: str) -> Any:
+    try:
+        return await run_in_threadpool(
+            twofold.oauth.authenticate_caller,
+            uri=f"{twofold.settings.public_url}{request.url.path}",
+            headers=request.headers,
+            form=fields,
+            endpoint=endpoint,
+        )
+    except OAuth2Error as error:
+        return _oauth_error(401, "invalid_client", error.description or "the client could not be authenticated")
+
+
+@router.post("/oauth2/introspect")
+async def introspect(request: Request, twofold: App) -> JSONResponse:
+    """RFC 7662: an app of the organization asks whether a token is active."""
+    fields = await _client_form(request)
+    if isinstance(fields, JSONResponse):
+        return fields
+    caller = await _caller(request, twofold, fields, "introspection")
+    if isinstance(caller, JSONResponse):
+        return caller
+    answer = await run_in_threadpool(twofold.oauth.introspect, caller, fields.get("token", ""))
+    return JSONResponse(answer, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/oauth2/revoke")
+async def revoke(request: Request, twofold: App) -> JSONResponse:
+    """RFC 7009: 200 for any token, known or not (§2.2); a refresh token ends with its family."""
+    fields = await _client_form(request)
+    if isinstance(fields, JSONResponse):
+        return fields
+    caller = await _caller(request, twofold, fields, "revocation")
+    if isinstance(caller, JSONResponse):
+        return caller
+    await run_in_threadpool(twofold.oauth.revoke, caller, fields.get("token", ""))
+    return JSONResponse({}, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/oauth2/token")
+async def token(request: Request, twofold: App) -> JSONResponse:
+    fields = await _client_form(request)
+    if isinstance(fields, JSONResponse):
+        return fields
     status, body, headers = await run_in_threadpool(
         twofold.oauth.token_endpoint,
         uri=f"{twofold.settings.public_url}/oauth2/token",

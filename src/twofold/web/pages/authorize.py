@@ -19,7 +19,7 @@ from twofold.domain.errors import Forbidden
 from twofold.oauth.scopes import USER_SCOPES
 from twofold.services.oauth import AuthorizationError, AuthorizationRedirect, AuthorizationRequest
 
-from ..deps import request_context
+from ..deps import SESSION_COOKIE, request_context
 from .common import clear_cookie, csrf_refused, current_principal, read_form, render, set_cookie, twofold_of
 
 router = APIRouter(include_in_schema=False)
@@ -161,3 +161,44 @@ async def consent(request: Request) -> Response:
             twofold.settings.public_url,
         )
     return _grant(request, authorization)
+
+
+@router.get("/oauth2/logout", response_class=HTMLResponse)
+def logout(
+    request: Request,
+    id_token_hint: str | None = None,
+    post_logout_redirect_uri: str | None = None,
+    state: str | None = None,
+) -> Response:
+    """OpenID Connect RP-Initiated Logout 1.0: with the app's ID token for the signed-in user, the Twofold
+    session ends at once and the browser goes back to the app's registered address; without one, the
+    user is asked (a link alone must not sign anyone out)."""
+    twofold = twofold_of(request)
+    subject, target = twofold.oauth.logout_target((id_token_hint or "")[:4096], post_logout_redirect_uri)
+    principal = current_principal(request)
+    if principal is not None and subject != principal.user.id:
+        return render(
+            request,
+            "message.html",
+            {"title": "Sign out?", "message": "An application asked to sign you out of Twofold.", "signout": True},
+            principal=principal,
+        )
+    if principal is not None:
+        twofold.sessions.logout(principal, request_context(request))
+    if target:
+        separator = "&" if "?" in target else "?"
+        location = f"{target}{separator}{urlencode({'state': state})}" if state else target
+        response: Response = RedirectResponse(location, status_code=303)
+    else:
+        response = render(
+            request,
+            "message.html",
+            {
+                "title": "You are signed out",
+                "message": "You are signed out of Twofold.",
+                "back": "/login",
+                "back_label": "Sign in",
+            },
+        )
+    clear_cookie(response, SESSION_COOKIE)
+    return response
