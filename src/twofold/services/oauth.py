@@ -24,6 +24,7 @@ from authlib.oauth2.rfc6749 import grants as authlib_grants
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidScopeError
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc6749.util import scope_to_list
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from joserfc.jwk import KeySet
 
@@ -131,7 +132,7 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
 
 
 class ClientCredentialsGrant(authlib_grants.ClientCredentialsGrant):  # type: ignore[misc]
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
     def validate_requested_scope(self) -> None:
         requested = set(scope_to_list(self.request.payload.scope) or [])
@@ -179,7 +180,7 @@ class HeldRefreshToken:
 
 
 class AuthorizationCodeGrant(authlib_grants.AuthorizationCodeGrant):  # type: ignore[misc]
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
     def query_authorization_code(self, code: str, client: OAuthClient) -> IssuedCode | None:
         issued: IssuedCode | None = self.server.service.redeem_code(code, client, self.request)
@@ -195,7 +196,7 @@ class AuthorizationCodeGrant(authlib_grants.AuthorizationCodeGrant):  # type: ig
 
 
 class RefreshTokenGrant(authlib_grants.RefreshTokenGrant):  # type: ignore[misc]
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
     INCLUDE_NEW_REFRESH_TOKEN = True  # rotation (RFC 9700 §4.14.2)
 
     def authenticate_refresh_token(self, refresh_token: str) -> HeldRefreshToken | None:
@@ -211,12 +212,39 @@ class RefreshTokenGrant(authlib_grants.RefreshTokenGrant):  # type: ignore[misc]
         return None  # spent when it was looked up
 
 
+class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
+    """``private_key_jwt`` (RFC 7523 §2.2, OpenID Connect Core §9): the app signs a short assertion with a
+    key of its registered JWK set; each assertion is accepted once (its ``jti``, in any process)."""
+
+    CLIENT_AUTH_METHOD = "private_key_jwt"
+
+    def __init__(self, service: OAuthService) -> None:
+        super().__init__(validate_jti=True, leeway=30)
+        self.service = service
+
+    def get_audiences(self) -> list[str]:
+        issuer = self.service.issuer
+        return [f"{issuer}/oauth2/token", issuer, f"{issuer}/oauth2/introspect", f"{issuer}/oauth2/revoke"]
+
+    def validate_jti(self, claims: Mapping[str, Any], jti: str) -> bool:
+        return self.service.remember_assertion(str(claims.get("sub")), str(jti), claims.get("exp"))
+
+    def resolve_client_public_key(self, client: OAuthClient) -> KeySet:
+        if not client.app.jwks:
+            raise InvalidClientError(description="this app has no registered keys")
+        return KeySet.import_key_set(client.app.jwks)  # type: ignore[arg-type]
+
+
+CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+
+
 class _Server(AuthorizationServer):  # type: ignore[misc]
     """The thin framework shim authlib asks for: requests in, (status, body, headers) out."""
 
     def __init__(self, service: OAuthService) -> None:
         super().__init__()
         self.service = service
+        self.register_client_auth_method(PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt(service))
         self.register_grant(ClientCredentialsGrant)
         self.register_grant(AuthorizationCodeGrant, [CodeChallenge(required=True)])
         self.register_grant(RefreshTokenGrant)
@@ -602,6 +630,16 @@ class OAuthService:
             claims["email"] = user.email
         return str(jwt.encode({"alg": "ES256", "typ": ID_TOKEN_TYPE, "kid": kid}, claims, key))
 
+    def remember_assertion(self, client_id: str, jti: str, exp: Any) -> bool:
+        """A client assertion's ``jti`` is good once, until the assertion expires."""
+        now = utcnow()
+        expires = now + timedelta(minutes=10)
+        if isinstance(exp, int) and not isinstance(exp, bool):
+            expires = min(expires, datetime.fromtimestamp(exp, tz=now.tzinfo) + timedelta(seconds=60))
+        key = hashlib.sha256(f"client-assertion:{client_id}:{jti}".encode()).hexdigest()
+        with self.uow() as uow:
+            return uow.device_request_ids.remember(key, expires_at=expires)
+
     # -- introspection (RFC 7662), revocation (RFC 7009), logout ---------------------------------
 
     def authenticate_caller(
@@ -609,9 +647,7 @@ class OAuthService:
     ) -> OAuthClient:
         """The app calling introspection or revocation, authenticated like at the token endpoint."""
         request = FormRequest(uri, headers, form, RequestContext())
-        client: OAuthClient = self.server.authenticate_client(
-            request, ["client_secret_basic", "client_secret_post"], endpoint
-        )
+        client: OAuthClient = self.server.authenticate_client(request, CLIENT_AUTH_METHODS, endpoint)
         return client
 
     def introspect(self, caller: OAuthClient, token: str) -> dict[str, Any]:
