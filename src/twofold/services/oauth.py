@@ -499,6 +499,11 @@ class OAuthService:
             record = uow.refresh_tokens.by_hash(token_hash)
             if record is None:
                 return None
+            client: OAuthClient | None = getattr(request, "client", None)
+            if client is None or record.app_id != client.app.id:
+                return None  # another app's: refused before it is spent, so its own app keeps it
+            if record.session_id is not None and not self._session_alive(uow, record.session_id, now):
+                return None  # the sign-in behind it ended (sign-out): so did what it gave apps
             if not uow.refresh_tokens.rotate(token_hash, now=now):
                 if record.used_at is not None and record.revoked_at is None:
                     uow.refresh_tokens.revoke_family(record.family_id, now=now)
@@ -680,8 +685,13 @@ class OAuthService:
         with self.uow(read_only=True) as uow:
             record = uow.refresh_tokens.by_hash(hash_token(token))
             app = uow.connected_apps.get(record.app_id) if record is not None else None
+            # As at the token endpoint: a refresh token lives no longer than the sign-in it came from.
+            alive = record is not None and (
+                record.session_id is None or self._session_alive(uow, record.session_id, now)
+            )
         if (
-            record is None
+            not alive
+            or record is None
             or app is None
             or not app.enabled
             or app.organization_id != caller.app.organization_id

@@ -9,8 +9,9 @@ are shown here; the rest go back to the app's redirect URI (RFC 6749 §4.1.2.1) 
 
 from __future__ import annotations
 
+import re
 import time
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -20,6 +21,7 @@ from twofold.oauth.scopes import USER_SCOPES
 from twofold.services.oauth import AuthorizationError, AuthorizationRedirect, AuthorizationRequest
 
 from ..deps import SESSION_COOKIE, request_context
+from ..middleware import SECURITY_HEADERS
 from .common import clear_cookie, csrf_refused, current_principal, read_form, render, set_cookie, twofold_of
 
 router = APIRouter(include_in_schema=False)
@@ -34,6 +36,8 @@ SCOPE_WORDS = {
     "offline_access": "Stay signed in to it until you sign out",
 }
 assert set(SCOPE_WORDS) == set(USER_SCOPES)
+CSP = dict(SECURITY_HEADERS)[b"content-security-policy"].decode()
+ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*:(//[A-Za-z0-9.\-\[\]:]+)?$")
 
 
 def _back_to_app(error: AuthorizationRedirect, issuer: str) -> RedirectResponse:
@@ -68,12 +72,37 @@ def pending_query(request: Request) -> str | None:
 
 
 def resume_response(request: Request) -> Response | None:
-    """Home's hook: after a sign-in, go back to the interrupted authorization request."""
+    """Home's hook: after a sign-in, go back to the interrupted authorization request.
+
+    A page that moves on by itself (``Refresh``), not a 303: the sign-in that lands here was a form POST, and
+    browsers hold every redirect that follows a form submission to the CSP ``form-action 'self'`` of the form's
+    page, so a redirect chain on to the app's own site would be blocked."""
     query = pending_query(request)
     if query is None:
         return None
-    response = RedirectResponse(f"/oauth2/authorize?{query}", status_code=303)
+    target = f"/oauth2/authorize?{query}"
+    response = render(
+        request,
+        "message.html",
+        {
+            "title": "Signed in",
+            "message": "Returning to the application that asked you to sign in.",
+            "back": target,
+            "back_label": "Continue",
+        },
+        principal=current_principal(request),
+    )
+    response.headers["Refresh"] = f"0; url={target}"
     clear_cookie(response, AUTHORIZE_COOKIE)
+    return response
+
+
+def _allowing_form_action_to(response: Response, redirect_uri: str) -> Response:
+    """The consent form's answer redirects to the app: its page lets forms lead to the app's origin too."""
+    parts = urlsplit(redirect_uri)
+    source = f"{parts.scheme}://{parts.netloc}" if parts.netloc else f"{parts.scheme}:"
+    if ORIGIN.match(source):
+        response.headers["Content-Security-Policy"] = CSP.replace("form-action 'self'", f"form-action 'self' {source}")
     return response
 
 
@@ -109,7 +138,7 @@ def authorize(request: Request) -> Response:
         return response
     if authorization.app.first_party:
         return _grant(request, authorization)
-    return render(
+    page = render(
         request,
         "consent.html",
         {
@@ -119,6 +148,7 @@ def authorize(request: Request) -> Response:
         },
         principal=principal,
     )
+    return _allowing_form_action_to(page, authorization.redirect_uri)
 
 
 def _grant(request: Request, authorization: AuthorizationRequest) -> Response:
