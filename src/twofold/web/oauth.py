@@ -94,10 +94,15 @@ async def _client_form(request: Request) -> dict[str, str] | JSONResponse:
         return _oauth_error(400, "invalid_request", "the request is too large")
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return _oauth_error(400, "invalid_request", "send the parameters as application/x-www-form-urlencoded")
+    # A chunked body has no Content-Length: its size is known once read (the form parser reuses it).
+    if len(await request.body()) > FORM_LIMIT:
+        return _oauth_error(400, "invalid_request", "the request is too large")
     try:
         form = await request.form(max_files=0, max_fields=20)
-    except Exception:
+    except Exception:  # a body that is not a form is a client's error
         return _oauth_error(400, "invalid_request", "the body is not a valid form")
+    if any(len(form.getlist(key)) > 1 for key in form):
+        return _oauth_error(400, "invalid_request", "a parameter was sent more than once")  # RFC 6749 §3.2
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
@@ -145,6 +150,8 @@ async def token(request: Request, twofold: App) -> JSONResponse:
     fields = await _client_form(request)
     if isinstance(fields, JSONResponse):
         return fields
+    if not fields.get("grant_type"):
+        return _oauth_error(400, "invalid_request", "grant_type is missing")  # RFC 6749 §5.2
     status, body, headers = await run_in_threadpool(
         twofold.oauth.token_endpoint,
         uri=f"{twofold.settings.public_url}/oauth2/token",
