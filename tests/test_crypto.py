@@ -210,3 +210,51 @@ def test_secrets_rotate_command(make_twofold, database_url, tmp_path):
     after = make_twofold(secret_key=K2)
     with client_for(after) as client:
         assert sign_in(client, admin)
+
+
+def test_rotate_secrets_reseals_token_signing_keys(make_twofold):
+    """A token-signing key is a secret at rest like a TOTP seed: `twofold secrets rotate` re-seals it, so the
+    server still signs (with the same key, same kid) once only the new secret key is configured."""
+    first = make_twofold(secret_key=K1)
+    kid, _ = first.signing_keys.current()
+    rotating = make_twofold(secret_key=K2, old_secret_keys=K1)
+    assert rotating.maintenance.rotate_secrets() == 1
+    after = make_twofold(secret_key=K2)
+    same_kid, key = after.signing_keys.current()
+    assert same_kid == kid and key.as_dict(private=True).get("d")
+    with after.uow.engine.connect() as connection:
+        (sealed,) = connection.execute(text("SELECT private_key_sealed FROM signing_keys")).scalars()
+    assert sealed.split(".")[1] == AesGcmSealer(K2).current_key_id
+
+
+def test_a_client_secret_moves_to_the_new_key_when_used_during_a_rotation(make_twofold):
+    """Client secrets are HMAC digests under TWOFOLD_SECRET_KEY: one that matches under an old key while both
+    are configured is stored again under the new key, so the old key can then be dropped."""
+    from twofold.oauth.client_credentials import SecretDigests
+
+    first, admin = _enrolled(make_twofold)
+    with client_for(first) as client:
+        token = sign_in(client, admin)
+        org = admin.user.organization_id
+        created = client.post(
+            f"/api/v1/organizations/{org}/connected-apps",
+            json={"name": "Robot", "grant_type": "client_credentials", "scopes": ["users:read"]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert created.status_code == 201, created.text
+    client_id, secret = created.json()["client_id"], created.json()["client_secret"]
+
+    def grant(twofold: Twofold) -> int:
+        with client_for(twofold) as client:
+            return int(
+                client.post(
+                    "/oauth2/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret)
+                ).status_code
+            )
+
+    assert grant(make_twofold(secret_key=K2)) == 401  # the new key alone does not know the old digest
+    assert grant(make_twofold(secret_key=K2, old_secret_keys=K1)) == 200  # matched under K1: re-keyed
+    with first.uow.engine.connect() as connection:
+        (digest,) = connection.execute(text("SELECT digest FROM client_secrets")).scalars()
+    assert digest == SecretDigests(K2).digest(secret)
+    assert grant(make_twofold(secret_key=K2)) == 200  # K1 can go now

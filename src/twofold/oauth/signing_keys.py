@@ -16,7 +16,7 @@ from twofold.domain.ports import Sealer
 ALGORITHM = "ES256"
 
 
-def _seal_context(kid: str) -> str:
+def seal_context(kid: str) -> str:
     return f"signing-key:{kid}"
 
 
@@ -24,12 +24,12 @@ def new_signing_key(sealer: Sealer) -> SigningKey:
     key = ECKey.generate_key("P-256", private=True)
     kid = str(key.thumbprint())
     public = {**key.as_dict(private=False), "kid": kid, "use": "sig", "alg": ALGORITHM}
-    sealed = sealer.seal(json.dumps(key.as_dict(private=True)).encode(), context=_seal_context(kid))
+    sealed = sealer.seal(json.dumps(key.as_dict(private=True)).encode(), context=seal_context(kid))
     return SigningKey(kid=kid, algorithm=ALGORITHM, private_key_sealed=sealed, public_jwk=public)
 
 
 def private_key(record: SigningKey, sealer: Sealer) -> ECKey:
-    values = json.loads(sealer.open(record.private_key_sealed, context=_seal_context(record.kid)))
+    values = json.loads(sealer.open(record.private_key_sealed, context=seal_context(record.kid)))
     return ECKey.import_key({**values, "kid": record.kid})
 
 

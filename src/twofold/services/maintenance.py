@@ -8,6 +8,7 @@ from datetime import timedelta
 from twofold.config import Settings
 from twofold.domain.clock import utcnow
 from twofold.domain.ports import Sealer, UnitOfWorkFactory
+from twofold.oauth.signing_keys import seal_context
 
 from . import audit
 
@@ -49,6 +50,13 @@ class MaintenanceService:
                     context = f"identity_provider:{provider.id}"
                     provider.settings_encrypted = self.sealer.seal(
                         self.sealer.open(sealed, context=context), context=context
+                    )
+                    resealed += 1
+            for key in uow.signing_keys.all():
+                if self.sealer.needs_reseal(key.private_key_sealed):
+                    context = seal_context(key.kid)
+                    key.private_key_sealed = self.sealer.seal(
+                        self.sealer.open(key.private_key_sealed, context=context), context=context
                     )
                     resealed += 1
             audit.record(uow, "secrets.rotated", organization_id=None, details={"resealed": resealed, "by": "operator"})

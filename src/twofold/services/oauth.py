@@ -14,7 +14,7 @@ import hmac
 import json
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -98,6 +98,8 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
     app: ConnectedApp
     secret_digests: list[str]
     digests: SecretDigests
+    # Called with (old digest, current digest) when a secret matched under an earlier server key.
+    rekey: Callable[[str, str], None] | None = None
 
     def get_client_id(self) -> str:
         return self.app.client_id
@@ -115,7 +117,15 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
 
     def check_client_secret(self, client_secret: str) -> bool:
         candidates = self.digests.candidates(client_secret) if isinstance(client_secret, str) else []
-        return any(hmac.compare_digest(c, d) for c in candidates for d in self.secret_digests)
+        for index, candidate in enumerate(candidates):
+            for stored in self.secret_digests:
+                if hmac.compare_digest(candidate, stored):
+                    if index > 0 and self.rekey is not None:
+                        # Matched under an old TWOFOLD_SECRET_KEY: store it under the current one now, while
+                        # the secret is at hand, so that the old key can be dropped without breaking the app.
+                        self.rekey(stored, candidates[0])
+                    return True
+        return False
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         if endpoint != "token":
@@ -328,7 +338,11 @@ class OAuthService:
             if app is None or not app.enabled:
                 return None
             secrets = [s.digest for s in uow.client_secrets.live_for_app(app.id, now=now)]
-        return OAuthClient(app=app, secret_digests=secrets, digests=self.digests)
+        return OAuthClient(app=app, secret_digests=secrets, digests=self.digests, rekey=self._rekey_secret)
+
+    def _rekey_secret(self, old_digest: str, new_digest: str) -> None:
+        with self.uow() as uow:
+            uow.client_secrets.replace_digest(old_digest, new_digest)
 
     def generate_app_token(
         self,

@@ -3,6 +3,7 @@ any token they signed lives, then they go. ``twofold keys rotate`` retires the c
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +24,10 @@ class SigningKeyService:
     def __init__(self, *, uow: UnitOfWorkFactory, sealer: Sealer) -> None:
         self.uow = uow
         self.sealer = sealer
+        # Opening a sealed key (AES-GCM, JSON, key import) costs more than the read that finds the current
+        # kid: the opened key is kept in the process, by kid, so every process still sees a rotation at once.
+        self._opened: dict[str, ECKey] = {}
+        self._lock = threading.Lock()
 
     def _published(self, uow: UnitOfWork) -> list[SigningKey]:
         cutoff = utcnow() - PUBLISHED_AFTER_RETIREMENT
@@ -40,7 +45,12 @@ class SigningKeyService:
                     uow.signing_keys.add(created)
                     live = [created]
         newest = live[0]
-        return newest.kid, private_key(newest, self.sealer)
+        with self._lock:
+            opened = self._opened.get(newest.kid)
+            if opened is None:
+                opened = private_key(newest, self.sealer)
+                self._opened = {newest.kid: opened}  # only the current key is ever needed to sign
+        return newest.kid, opened
 
     def jwks(self) -> dict[str, Any]:
         with self.uow(read_only=True) as uow:

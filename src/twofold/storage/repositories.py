@@ -492,6 +492,10 @@ class ClientSecretRepository(_Repository):
             )
         ).first()
 
+    def replace_digest(self, old_digest: str, new_digest: str) -> None:
+        c = t.client_secrets.c
+        self.s.execute(update(t.client_secrets).where(c.digest == old_digest).values(digest=new_digest))
+
     def live_for_app(self, app_id: str, *, now: datetime) -> Sequence[e.ClientSecret]:
         c = t.client_secrets.c
         return self.s.scalars(
