@@ -144,11 +144,9 @@ def step_up_page(
 
 @router.get("/profile/verify", response_class=HTMLResponse)
 def verify_page(request: Request, next: str | None = None, method: str | None = None) -> Response:
-    found = _signed_in_or_redirect(request)
+    found = _manager_or_response(request)
     if isinstance(found, Response):
         return found
-    if not manages_methods(found):
-        return _no_methods_page(request, found)
     return step_up_page(request, found, next_path=safe_next(next), method=method)
 
 
@@ -387,11 +385,9 @@ def manage_page(
 
 @router.get("/profile/mfa", response_class=HTMLResponse)
 def manage(request: Request, saved: str | None = None, added: str | None = None) -> Response:
-    found = _signed_in_or_redirect(request)
+    found = _manager_or_response(request)
     if isinstance(found, Response):
         return found
-    if not manages_methods(found):
-        return _no_methods_page(request, found)
     if not step_up_is_fresh(request, found):
         return step_up_page(
             request,
