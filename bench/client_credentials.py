@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Benchmark of OAuth 2.0 client credentials on a real `twofold serve`: grants and token uses per second.
+"""Benchmark of OAuth 2.0 client credentials on a real `twofold serve`: grants, token uses and introspections
+per second.
 
     python bench/client_credentials.py [--concurrency 16] [--duration 20] [--warmup 3] [--workers 1]
                                        [--database-url postgresql://...] [--port N] [--client httpx|raw]
                                        [--floor] [--py-spy PATH [--py-spy-output FILE]] [--json]
 
-One organization and one connected app acting on its own behalf (scope users:read) are seeded, then two
+One organization and one connected app acting on its own behalf (scope users:read) are seeded, then three
 phases run one after the other, each with C clients in flight on HTTP/1.1 keep-alive connections, a warm-up
 and a measured window:
 
@@ -13,7 +14,9 @@ and a measured window:
    answer expected 200 with an access token;
 2. token uses: GET /api/v1/organizations/{org}/users?limit=1 with `Authorization: Bearer <the app's JWT>`
    (one token per client, granted before the phase), every answer expected 200;
-3. with --floor, GET /healthz the same way: what the HTTP stack alone costs (no database, no authentication).
+3. introspections: POST /oauth2/introspect `token=<the app's JWT>` with HTTP Basic, every answer expected
+   200 `"active": true` (RFC 7662);
+4. with --floor, GET /healthz the same way: what the HTTP stack alone costs (no database, no authentication).
 
 For each phase it prints requests/s, latency p50/p90/p99/max, and the CPU the server's processes (uvicorn and
 its workers, from /proc/<pid>/stat before and after the window), the PostgreSQL backends of the benchmark's
@@ -69,7 +72,7 @@ if str(ROOT) not in sys.path:
 ORGANIZATION = "Bench"
 SCOPE = "users:read"
 SEEDED_USERS = 20
-PHASES = ("grants", "uses")
+PHASES = ("grants", "uses", "introspections")
 FLOOR = "floor"  # --floor: GET /healthz, the cost of the HTTP stack alone (no database, no authentication)
 
 
@@ -195,6 +198,23 @@ class Clients:
         connection = RawConnection("127.0.0.1", self.port, "GET", self.users_path, headers)
         return (lambda: connection.post(b"")), connection.close
 
+    def introspect(self, token: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+        """RFC 7662: the app asks about its own token (client_secret_basic)."""
+        body = f"token={token}".encode()
+        headers = {"Authorization": self.basic, "Content-Type": "application/x-www-form-urlencoded"}
+        if self.httpx is not None:
+
+            async def call() -> tuple[int, bytes]:
+                response = await self.httpx.post("/oauth2/introspect", content=body, headers=headers)
+                return response.status_code, response.content
+
+            return call, _nothing
+        connection = RawConnection("127.0.0.1", self.port, "POST", "/oauth2/introspect", headers)
+        return (lambda: connection.post(body)), connection.close
+
+    def with_token(self, phase: str, token: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+        return self.use(token) if phase == "uses" else self.introspect(token)
+
 
 async def _nothing() -> None:
     return None
@@ -218,7 +238,7 @@ class Phase:
 
 
 def _outcome(phase: str, status: int, body: bytes) -> str:
-    expected = {"grants": b'"access_token"', "uses": b'"items"', FLOOR: b""}[phase]
+    expected = {"grants": b'"access_token"', "uses": b'"items"', "introspections": b'"active":true', FLOOR: b""}[phase]
     if status == 200 and expected in body:
         return "200"
     return f"{status} {body[:100].decode(errors='replace')}"
@@ -248,7 +268,8 @@ async def run_phase(
             raise RuntimeError(f"a grant for the token-use phase failed: {status} {body[:200]!r}")
         return str(json.loads(body)["access_token"])
 
-    tokens = [await fresh_token() for _ in range(concurrency)] if name == "uses" else []
+    with_tokens = name in ("uses", "introspections")
+    tokens = [await fresh_token() for _ in range(concurrency)] if with_tokens else []
     start = loop.time()
     window_start, window_end = start + warmup, start + warmup + duration
     snapshots: list[CpuSnapshot] = []
@@ -257,7 +278,7 @@ async def run_phase(
         if name == "grants":
             call, close = clients.grant()
         else:
-            call, close = clients.use(tokens[index]) if name == "uses" else clients.floor()
+            call, close = clients.with_token(name, tokens[index]) if with_tokens else clients.floor()
         try:
             while loop.time() < window_end:
                 began = time.perf_counter()  # uvloop's loop.time() has whole milliseconds
@@ -272,11 +293,11 @@ async def run_phase(
                     await asyncio.sleep(0.05)
                     continue
                 ended, latency = loop.time(), time.perf_counter() - began
-                if name == "uses" and status == 401:
+                if with_tokens and (status == 401 or b'"active":false' in body):
                     # The token outlived its 10 minutes (a long --duration): take a new one, uncounted.
                     await close()
                     tokens[index] = await fresh_token()
-                    call, close = clients.use(tokens[index])
+                    call, close = clients.with_token(name, tokens[index])
                     result.regrants += 1
                     continue
                 outcome = _outcome(name, status, body)
@@ -347,13 +368,15 @@ async def run_load(
 #: several rows, e.g. the audit write is also SQLAlchemy time). Matched against py-spy's "function (file:line)".
 OPERATIONS = (
     ("event loop thread: uvicorn, HTTP parsing, routing, middleware, form, response", r"^Server\.run \(uvicorn/"),
-    ("threadpool: the token endpoint (authlib's create_token_response)", r"^OAuthService\.token_endpoint \("),
+    ("the token endpoint (authlib's create_token_response)", r"^OAuthService\.token_endpoint \("),
+    ("  answered on the event loop (client and signing key in memory)", r"^OAuthService\.token_endpoint_from_memory"),
     ("  client authentication (authlib)", r"^ClientAuthentication\.authenticate \("),
     ("    client lookup: the app + its live secrets, one read transaction", r"^OAuthService\.client \("),
     ("    secret check (HMAC-SHA-256 digests)", r"^OAuthClient\.check_client_secret \("),
     ("  signing key: read + unseal (SigningKeyService.current)", r"^SigningKeyService\.current \("),
     ("  JWT signing (access_tokens.issue: claims, ES256)", r"^issue \(twofold/oauth/access_tokens\.py"),
-    ("  the audit write (OAuthService.granted: one write transaction)", r"^OAuthService\.granted \("),
+    ("  the audit event (OAuthService.granted: queued for the batch writer)", r"^OAuthService\.granted \("),
+    ("the batch writer of audit events (its own thread)", r"^DeferredAuditTrail\._run \("),
     ("  unit of work begin/commit (SqlUnitOfWork)", r"^SqlUnitOfWork\.(__enter__|__exit__) \("),
     ("FastAPI dependencies (solve_dependencies)", r"^solve_dependencies \("),
     ("threadpool hand-offs (run_in_threadpool: queue a call, wake a worker)", r"^run_in_threadpool \("),
@@ -551,7 +574,12 @@ def print_report(report: dict[str, Any], *, as_json: bool) -> None:
         f"{report['client']} client",
         f"  server log   {report['server_log'] or 'no warnings or errors'}",
     ]
-    titles = {"grants": "grants", "uses": "token uses", FLOOR: "HTTP floor: GET /healthz (no database, no auth)"}
+    titles = {
+        "grants": "grants",
+        "uses": "token uses",
+        "introspections": "token introspections (POST /oauth2/introspect, RFC 7662)",
+        FLOOR: "HTTP floor: GET /healthz (no database, no auth)",
+    }
     for name, phase in report["phases"].items():
         lat, cpu = phase["latency_ms"], phase["cpu"]
         non_200 = {s: n for s, n in phase["statuses"].items() if s != "200"}
@@ -586,7 +614,8 @@ def print_report(report: dict[str, Any], *, as_json: bool) -> None:
     lines += [
         "",
         f"grants/s = {grants['per_s']:.1f}, {grants['per_server_cpu_s'] or 0:.0f} per server CPU-second "
-        f"(target >= 1,500 per core); token uses/s = {report['phases']['uses']['per_s']:.1f}",
+        f"(target >= 1,500 per core); token uses/s = {report['phases']['uses']['per_s']:.1f}; "
+        f"introspections/s = {report['phases']['introspections']['per_s']:.1f}",
     ]
     print("\n".join(lines), flush=True)
     if as_json:

@@ -48,11 +48,11 @@ def backend(database_url: str) -> str:
     return "sqlite" if database_url.startswith("sqlite") else "postgres"
 
 
-def empty_tables(database_url: str) -> None:
+def empty_tables(database_url: str, keep: tuple[str, ...] = ()) -> None:
     engine = create_engine(database_url)
     try:
         with engine.begin() as connection:
-            names = [table.name for table in reversed(metadata.sorted_tables)]
+            names = [table.name for table in reversed(metadata.sorted_tables) if table.name not in keep]
             if engine.dialect.name == "postgresql":
                 connection.execute(text("TRUNCATE " + ", ".join(names) + " CASCADE"))
             else:
@@ -74,9 +74,15 @@ def test_settings(database_url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-def make_twofold(database_url: str) -> Iterator[Callable[..., Twofold]]:
+def kept_tables() -> tuple[str, ...]:
+    """Tables not emptied before a test (tests/e2e keeps the token-signing keys: see there)."""
+    return ()
+
+
+@pytest.fixture
+def make_twofold(database_url: str, kept_tables: tuple[str, ...]) -> Iterator[Callable[..., Twofold]]:
     """Build a Twofold on the test database: ``make_twofold(mfa_lock_threshold=5, ...)``."""
-    empty_tables(database_url)
+    empty_tables(database_url, keep=kept_tables)
     built: list[Twofold] = []
 
     def factory(*, registry: MethodRegistry | None = None, **overrides: Any) -> Twofold:

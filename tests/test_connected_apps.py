@@ -101,6 +101,7 @@ def secret_rows(twofold: Twofold, app_id: str) -> list[Any]:
 
 
 def audit_rows(twofold: Twofold, event_type: str | None = None) -> list[Any]:
+    twofold.deferred_audit.flush()  # token grants are audited in batches
     c = tables.audit_events.c
     found = rows(twofold, tables.audit_events, *([c.type == event_type] if event_type else []))
     return sorted(found, key=lambda r: r.at)
@@ -142,12 +143,12 @@ def operator_env(database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: A
     monkeypatch.chdir(tmp_path)
 
 
-def keys_rotate(capsys: pytest.CaptureFixture[str]) -> str:
+def keys_rotate(capsys: pytest.CaptureFixture[str], *options: str) -> str:
     """`twofold keys rotate`; returns the new key's id as the command prints it."""
-    assert main(["keys", "rotate"]) == 0
+    assert main(["keys", "rotate", *options]) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    match = re.search(r"New token-signing key (\S+);", out)
+    match = re.search(r"New token-signing key ([^\s,]+),", out)
     assert match, out
     return match.group(1)
 
@@ -791,28 +792,73 @@ def test_private_signing_keys_are_sealed_at_rest(twofold):
         json.loads(row.private_key_sealed)
 
 
-def test_keys_rotate_publishes_a_new_current_key_and_keeps_the_old_one(twofold, client, operator_env, capsys):
+def retire_now(twofold: Twofold, kid: str, *, ago: timedelta = timedelta(seconds=1)) -> None:
+    """Storage-level set-up for "the announced moment has come" (no sleeping): ``kid`` retired ``ago``."""
+    with twofold.uow.engine.begin() as connection:
+        connection.execute(
+            update(tables.signing_keys).where(tables.signing_keys.c.kid == kid).values(retired_at=utcnow() - ago)
+        )
+    twofold.signing_keys.forget()
+
+
+def test_keys_rotate_publishes_a_new_key_ahead_and_keeps_the_old_one(twofold, client, operator_env, capsys):
+    """The new key is published at once but signs only after the key set's cache lifetime (300 s), so relying
+    parties holding the set find its kid in it; the old key signs until then and stays published a day more."""
     first, _ = twofold.signing_keys.current()
     started = utcnow()
     new_kid = keys_rotate(capsys)
     assert new_kid != first
 
-    assert twofold.signing_keys.current()[0] == new_kid
+    twofold.signing_keys.forget()
+    assert twofold.signing_keys.current()[0] == first  # still signing until the announced moment
     keys = published(client)
     assert sorted(k["kid"] for k in keys) == sorted([first, new_kid])
     for key in keys:
         assert key["alg"] == "ES256" and key["use"] == "sig" and "d" not in key
     rows_by_kid = {row.kid: row for row in signing_key_rows(twofold)}
     assert set(rows_by_kid) == {first, new_kid}
-    assert started <= rows_by_kid[first].retired_at <= utcnow()
+    ahead = timedelta(seconds=300)
+    assert started + ahead <= rows_by_kid[first].retired_at <= utcnow() + ahead
     assert rows_by_kid[new_kid].retired_at is None
     (event,) = audit_rows(twofold, "signing_key.rotated")
-    assert event.details == {"kid": new_kid, "unpublished": 0, "by": "operator"}
+    assert event.details == {
+        "kid": new_kid,
+        "signs_from": rows_by_kid[first].retired_at.isoformat(),
+        "immediately": False,
+        "unpublished": 0,
+        "by": "operator",
+    }
     assert event.actor_id is None and event.organization_id is None
 
-    # A token the old key signed still verifies against what is published.
+    retire_now(twofold, first)
+    assert twofold.signing_keys.current()[0] == new_kid
+    assert sorted(k["kid"] for k in published(client)) == sorted([first, new_kid])  # its tokens still verify
     old_row = rows_by_kid[first]
     assert ECKey.import_key(old_row.public_jwk).thumbprint() == first
+
+
+def test_keys_rotate_now_unpublishes_the_old_keys_at_once(twofold, client, operator_env, capsys):
+    """For a key that may have leaked: the new key signs at once and the old ones leave the key set."""
+    first, _ = twofold.signing_keys.current()
+    new_kid = keys_rotate(capsys, "--now")
+    twofold.signing_keys.forget()
+    assert twofold.signing_keys.current()[0] == new_kid != first
+    assert [k["kid"] for k in published(client)] == [new_kid]
+    assert [row.kid for row in signing_key_rows(twofold)] == [new_kid]
+    (event,) = audit_rows(twofold, "signing_key.rotated")
+    assert event.details["immediately"] is True and event.details["unpublished"] == 1
+
+
+def test_a_second_rotation_keeps_the_announced_order(twofold, operator_env, capsys):
+    first, _ = twofold.signing_keys.current()
+    second = keys_rotate(capsys)
+    third = keys_rotate(capsys)
+    twofold.signing_keys.forget()
+    assert twofold.signing_keys.current()[0] == first
+    retire_now(twofold, first)
+    assert twofold.signing_keys.current()[0] == second
+    retire_now(twofold, second)
+    assert twofold.signing_keys.current()[0] == third
 
 
 def test_keys_rotate_has_help(capsys):
@@ -832,12 +878,7 @@ def test_a_key_retired_over_a_day_ago_is_unpublished_then_deleted(twofold, clien
     oldest, _ = twofold.signing_keys.current()
     middle = keys_rotate(capsys)
     # The first key was retired a day and a minute ago (storage-level set-up, no sleeping).
-    with twofold.uow.engine.begin() as connection:
-        connection.execute(
-            update(tables.signing_keys)
-            .where(tables.signing_keys.c.kid == oldest)
-            .values(retired_at=utcnow() - timedelta(days=1, minutes=1))
-        )
+    retire_now(twofold, oldest, ago=timedelta(days=1, minutes=1))
     assert [k["kid"] for k in published(client)] == [middle]
     assert twofold.signing_keys.current()[0] == middle
     assert {row.kid for row in signing_key_rows(twofold)} == {oldest, middle}  # not yet deleted
@@ -845,7 +886,8 @@ def test_a_key_retired_over_a_day_ago_is_unpublished_then_deleted(twofold, clien
     newest = keys_rotate(capsys)
     assert {row.kid for row in signing_key_rows(twofold)} == {middle, newest}
     assert sorted(k["kid"] for k in published(client)) == sorted([middle, newest])
-    assert twofold.signing_keys.current()[0] == newest
+    twofold.signing_keys.forget()
+    assert twofold.signing_keys.current()[0] == middle  # until the announced moment
     assert audit_rows(twofold, "signing_key.rotated")[-1].details["unpublished"] == 1
 
 

@@ -23,7 +23,7 @@ from twofold.storage import tables
 from .conftest import PUBLIC_URL
 from .support.flows import bearer, create_organization, create_user, enroll
 from .test_admin_api import admin_session, assert_problem
-from .test_connected_apps import all_stored_text, app_row, apps_url, audit_rows, rotate, rows
+from .test_connected_apps import all_stored_text, app_row, apps_url, audit_rows, retire_now, rotate, rows
 
 TOKEN_URL = "/oauth2/token"
 AUDIENCE = f"{PUBLIC_URL}/api/v1"
@@ -572,21 +572,50 @@ def _with_claims(token: str, changes: dict[str, Any]) -> str:
 
 
 def test_tokens_outlive_a_signing_key_rotation(twofold, client):
-    """After `keys rotate` the old key stays published, so its tokens still verify; new tokens use the new key."""
+    """After `keys rotate` the old key signs until the announced moment and then stays published, so its tokens
+    still verify; from that moment new tokens use the new key."""
     org_id, alice = admin_session(twofold, client)
     app = new_app(client, org_id, alice.token, ["users:read"])
     old = token_for(client, app)
     old_kid = header_of(old)["kid"]
 
-    new_kid = twofold.signing_keys.rotate()
-    assert new_kid != old_kid
+    new_kid, starts = twofold.signing_keys.rotate()
+    assert new_kid != old_kid and starts > utcnow()
     assert {key.kid for key in published_keys(client).keys} == {old_kid, new_kid}
-    assert list_users(client, org_id, old).status_code == 200  # the old key stays published
+    assert header_of(token_for(client, app))["kid"] == old_kid  # announced, not yet signing
 
+    retire_now(twofold, old_kid)  # the announced moment has come (no sleeping)
+    assert list_users(client, org_id, old).status_code == 200  # the old key stays published
     new = token_for(client, app)
     assert header_of(new)["kid"] == new_kid
     assert list_users(client, org_id, new).status_code == 200
     jwt.decode(new, published_keys(client), algorithms=["ES256"])
+
+
+def test_an_immediate_rotation_refuses_what_the_old_key_signed(twofold, client):
+    org_id, alice = admin_session(twofold, client)
+    app = new_app(client, org_id, alice.token, ["users:read"])
+    old = token_for(client, app)
+    new_kid, _ = twofold.signing_keys.rotate(immediately=True)
+    assert list_users(client, org_id, old).status_code == 401
+    new = token_for(client, app)
+    assert header_of(new)["kid"] == new_kid
+    assert list_users(client, org_id, new).status_code == 200
+
+
+def test_tokens_naming_unknown_keys_do_not_each_read_the_database(twofold, client, monkeypatch):
+    """A kid not among the published keys makes the process read them again, at most once a second."""
+    org_id, alice = admin_session(twofold, client)
+    app = new_app(client, org_id, alice.token, ["users:read"])
+    good = token_for(client, app)
+    assert list_users(client, org_id, good).status_code == 200
+    reads = []
+    original = twofold.signing_keys._published
+    monkeypatch.setattr(twofold.signing_keys, "_published", lambda uow: reads.append(1) or original(uow))
+    for n in range(20):
+        made_up = forged(twofold, app, header={"kid": f"made-up-{n}"})
+        assert list_users(client, org_id, made_up).status_code == 401
+    assert len(reads) <= 1
 
 
 # -- audit -------------------------------------------------------------------------------------------------

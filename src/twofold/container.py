@@ -13,6 +13,7 @@ from twofold.methods.registry import MethodRegistry, default_registry
 from twofold.oauth.client_credentials import SecretDigests
 from twofold.services.accounts import AccountService
 from twofold.services.admin import AdminService
+from twofold.services.audit import DeferredAuditTrail
 from twofold.services.connected_apps import ConnectedAppService
 from twofold.services.context import RequestContext
 from twofold.services.crypto import AesGcmSealer, TokenMac
@@ -57,8 +58,10 @@ class Twofold:
     oauth: OAuthService
     wakeups: Wakeups
     maintenance: MaintenanceService
+    deferred_audit: DeferredAuditTrail
 
     def close(self) -> None:
+        self.deferred_audit.close()
         self.wakeups.close()
         self.uow.engine.dispose()
 
@@ -105,15 +108,25 @@ def build(settings: Settings | None = None, *, registry: MethodRegistry | None =
     accounts = AccountService(
         settings=settings, uow=uow, passwords=passwords, sessions=sessions, throttle=throttle, notifier=notifier
     )
-    admin = AdminService(settings=settings, uow=uow, sessions=sessions, throttle=throttle, notifier=notifier)
+    deferred_audit = DeferredAuditTrail(uow)
+    admin = AdminService(
+        settings=settings,
+        uow=uow,
+        sessions=sessions,
+        throttle=throttle,
+        notifier=notifier,
+        deferred_audit=deferred_audit,
+    )
     exemptions = ExemptionService(settings=settings, uow=uow, admin=admin, sessions=sessions)
     step_up = StepUpService(uow=uow, registry=registry, sessions=sessions, throttle=throttle, login=login)
     methods = MethodService(uow=uow, registry=registry, sessions=sessions, login=login, notifier=notifier)
     maintenance = MaintenanceService(settings=settings, uow=uow, sealer=sealer)
     digests = SecretDigests(secret_key, old_keys)
-    connected_apps = ConnectedAppService(uow=uow, admin=admin, digests=digests)
     signing_keys = SigningKeyService(uow=uow, sealer=sealer)
-    oauth = OAuthService(settings=settings, uow=uow, keys=signing_keys, digests=digests)
+    oauth = OAuthService(
+        settings=settings, uow=uow, keys=signing_keys, digests=digests, deferred_audit=deferred_audit
+    )
+    connected_apps = ConnectedAppService(uow=uow, admin=admin, digests=digests, on_change=oauth.forget_client)
     wakeups = wakeups_for(settings.database_url)
     gateway: PushGateway = (
         WebhookGateway(settings.push_webhook_url, settings.push_webhook_secret.get_secret_value())
@@ -152,4 +165,5 @@ def build(settings: Settings | None = None, *, registry: MethodRegistry | None =
         oauth=oauth,
         wakeups=wakeups,
         maintenance=maintenance,
+        deferred_audit=deferred_audit,
     )

@@ -60,6 +60,13 @@ def browser_context(browser: Any) -> Iterator[Any]:
         context.close()
 
 
+@pytest.fixture
+def kept_tables() -> tuple[str, ...]:
+    """The servers of a module outlive its tests and keep the token-signing key in memory for a few seconds
+    (services/signing.py); the key is the server's configuration, not a test's data, so it is not emptied."""
+    return ("signing_keys",)
+
+
 def server_env(database_url: str) -> dict[str, str]:
     return {"TWOFOLD_DATABASE_URL": database_url, "TWOFOLD_SECRET_KEY": SECRET_KEY, "TWOFOLD_ENV": "prod"}
 

@@ -279,7 +279,26 @@ def test_an_app_that_is_not_first_party_asks_allow_or_deny(
     token = rp.redeem(lands_at_app(page, callback), state=state, verifier=verifier)
     assert rp.id_token_claims(token["id_token"], nonce=nonce)["sub"] == carol.user.id
 
-    # Another visit of the app: still signed in to Twofold, carol is asked again and says no.
+    # Another visit of the app: still signed in to Twofold, and her consent is remembered.
+    url, state, nonce, verifier = rp.authorization_url()
+    page.goto(url)
+    token = rp.redeem(lands_at_app(page, callback), state=state, verifier=verifier)
+    assert rp.id_token_claims(token["id_token"], nonce=nonce)["sub"] == carol.user.id
+
+    # She removes the app's access from her profile, its refresh token dies with it ...
+    page.goto(f"{product_server}/")
+    page.get_by_role("link", name="Connected applications").click()
+    expect(page.get_by_role("cell", name="Example app", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Remove access for Example app").click()
+    expect(page.get_by_role("status")).to_have_text("Access removed. Example app will ask for your consent again.")
+    refused = httpx.post(
+        rp.metadata["token_endpoint"],
+        data={"grant_type": "refresh_token", "refresh_token": token["refresh_token"]},
+        auth=(rp.client.client_id, rp.client.client_secret),
+    )
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+
+    # ... so the next visit asks again, and this time she says no.
     url, state, _, _ = rp.authorization_url()
     page.goto(url)
     expect(page.get_by_role("heading", name="Allow Example app?")).to_be_visible()

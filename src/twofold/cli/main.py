@@ -189,10 +189,16 @@ def cmd_users_reset_mfa(args: argparse.Namespace) -> int:
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     twofold = _container(_settings())
     try:
-        kid = twofold.signing_keys.rotate()
+        kid, starts = twofold.signing_keys.rotate(immediately=args.now)
     finally:
         twofold.close()
-    print(f"New token-signing key {kid}; earlier keys stay published for a day so that their tokens verify.")
+    if args.now:
+        print(f"New token-signing key {kid}, signing now; the earlier keys are unpublished and their tokens refused.")
+    else:
+        print(
+            f"New token-signing key {kid}, published now, signing from {starts.isoformat(timespec='seconds')}; "
+            "earlier keys stay published for a day after that so that their tokens verify."
+        )
     return 0
 
 
@@ -274,7 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="keys_command", required=True, metavar="COMMAND"
     )
     keys_rotate = keys_parser.add_parser(
-        "rotate", help="make a new token-signing key current (old ones stay published)"
+        "rotate",
+        help="publish a new token-signing key; it signs in 5 minutes, once cached key sets have been refreshed",
+    )
+    keys_rotate.add_argument(
+        "--now",
+        action="store_true",
+        help="for a key that may have leaked: the new key signs at once, the old ones are unpublished and "
+        "every token they signed is refused",
     )
     keys_rotate.set_defaults(handler=cmd_keys_rotate)
 

@@ -344,6 +344,17 @@ class RefreshToken:
     created_at: datetime = field(default_factory=utcnow)
 
 
+@dataclass(eq=False)
+class Consent:
+    """What a user allowed an application that is not first-party (OpenID Connect Core §3.1.2.4): asked once,
+    then remembered until the user withdraws it, which also ends the app's refresh tokens for the user."""
+
+    user_id: str
+    app_id: str
+    scopes: list[str]
+    granted_at: datetime = field(default_factory=utcnow)
+
+
 class PushStatus(enum.StrEnum):
     PENDING = "pending"
     APPROVED = "approved"

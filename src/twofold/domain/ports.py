@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -12,6 +14,7 @@ from .entities import (
     Challenge,
     ClientSecret,
     ConnectedApp,
+    Consent,
     Exemption,
     IdentityProvider,
     LoginTransaction,
@@ -182,12 +185,21 @@ class RefreshTokenRepository(Protocol):
     def by_hash(self, token_hash: str) -> RefreshToken | None: ...
     def rotate(self, token_hash: str, *, now: datetime) -> bool: ...
     def revoke_family(self, family_id: str, *, now: datetime) -> int: ...
-    def revoke_for_user(self, user_id: str, *, now: datetime) -> int: ...
+    def revoke_for_user(self, user_id: str, *, now: datetime, app_id: str | None = None) -> int: ...
+
+
+class ConsentRepository(Protocol):
+    def get(self, user_id: str, app_id: str) -> Consent | None: ...
+    def add(self, consent: Consent) -> None: ...
+    def delete(self, consent: Consent) -> None: ...
+    def for_user(self, user_id: str) -> Sequence[Consent]: ...
+    def delete_for_user(self, user_id: str) -> int: ...
 
 
 class SigningKeyRepository(Protocol):
     def add(self, key: SigningKey) -> None: ...
     def all(self) -> Sequence[SigningKey]: ...
+    def delete(self, key: SigningKey) -> None: ...
     def delete_retired_before(self, moment: datetime) -> int: ...
 
 
@@ -239,6 +251,7 @@ class OneTimeTokenRepository(Protocol):
 
 class AuditRepository(Protocol):
     def add(self, event: AuditEvent) -> None: ...
+    def add_many(self, events: Sequence[AuditEvent]) -> None: ...
     def page(
         self,
         organization_id: str,
@@ -289,6 +302,7 @@ class UnitOfWork(Protocol):
     signing_keys: SigningKeyRepository
     authorization_codes: AuthorizationCodeRepository
     refresh_tokens: RefreshTokenRepository
+    consents: ConsentRepository
     transactions: TransactionRepository
     sessions: SessionRepository
     tokens: OneTimeTokenRepository
@@ -304,3 +318,26 @@ class UnitOfWork(Protocol):
 
 class UnitOfWorkFactory(Protocol):
     def __call__(self, *, read_only: bool = False) -> UnitOfWork: ...
+
+
+class WouldBlock(Exception):
+    """A unit of work was opened where waiting on the database is not allowed (see ``no_waiting``)."""
+
+
+_NO_WAITING: ContextVar[bool] = ContextVar("twofold_no_waiting", default=False)
+
+
+@contextlib.contextmanager
+def no_waiting() -> Iterator[None]:
+    """Run code that should need no database, on a thread that must not wait (an event loop): opening a
+    unit of work in it raises WouldBlock, before anything is read or written, so the caller can run the
+    whole operation again where waiting is fine. Used for token grants answered from what is in memory."""
+    token = _NO_WAITING.set(True)
+    try:
+        yield
+    finally:
+        _NO_WAITING.reset(token)
+
+
+def waiting_allowed() -> bool:
+    return not _NO_WAITING.get()

@@ -113,12 +113,14 @@ class AdminService:
         sessions: SessionService,
         throttle: Throttle,
         notifier: Notifier,
+        deferred_audit: audit.DeferredAuditTrail | None = None,
     ) -> None:
         self.settings = settings
         self.uow = uow
         self.sessions = sessions
         self.throttle = throttle
         self.notifier = notifier
+        self.deferred_audit = deferred_audit
 
     # -- permission checks -----------------------------------------------------------------------
 
@@ -561,6 +563,8 @@ class AdminService:
                 after = (as_utc(datetime.fromisoformat(at_text)), event_id)
             except ValueError:
                 raise ValidationFailed("cursor is not one this server gave out") from None
+        if self.deferred_audit is not None:
+            self.deferred_audit.flush()  # what this process granted a moment ago is part of the answer
         with self.uow(read_only=True) as uow:
             organization = self.authorize(uow, principal, organization_id, "audit:read")
             events: list[AuditEvent] = list(

@@ -10,7 +10,7 @@ holds (``tokens_valid_after``: access tokens are JWTs with no row to delete). Ev
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -96,10 +96,19 @@ def check_jwks(jwks: Any) -> dict[str, Any]:
 
 
 class ConnectedAppService:
-    def __init__(self, *, uow: UnitOfWorkFactory, admin: AdminService, digests: SecretDigests) -> None:
+    def __init__(
+        self,
+        *,
+        uow: UnitOfWorkFactory,
+        admin: AdminService,
+        digests: SecretDigests,
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
         self.uow = uow
         self.admin = admin
         self.digests = digests
+        # Told the client_id of an app once a change to it is committed (the token endpoint's cache).
+        self.on_change = on_change or (lambda client_id: None)
 
     # -- rules -----------------------------------------------------------------------------------
 
@@ -261,7 +270,9 @@ class ConnectedAppService:
                     "access_revoked": kill_tokens,
                 },
             )
-            return self._view(uow, app)
+            view = self._view(uow, app)
+        self.on_change(app.client_id)
+        return view
 
     def delete(self, principal: Actor, organization_id: str, app_id: str, context: RequestContext) -> None:
         with self.uow() as uow:
@@ -276,6 +287,7 @@ class ConnectedAppService:
                 ip=context.ip,
                 details={"app_id": app.id, "client_id": app.client_id, "name": app.name},
             )
+        self.on_change(app.client_id)
 
     def rotate_secret(
         self,
@@ -309,4 +321,5 @@ class ConnectedAppService:
                 ip=context.ip,
                 details={"app_id": app.id, "client_id": app.client_id, "grace_seconds": int(grace.total_seconds())},
             )
-            return secret
+        self.on_change(app.client_id)
+        return secret

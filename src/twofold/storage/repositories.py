@@ -547,11 +547,29 @@ class RefreshTokenRepository(_Repository):
         )
         return int(result.rowcount or 0)
 
-    def revoke_for_user(self, user_id: str, *, now: datetime) -> int:
+    def revoke_for_user(self, user_id: str, *, now: datetime, app_id: str | None = None) -> int:
         c = t.refresh_tokens.c
-        result: Any = self.s.execute(
-            update(t.refresh_tokens).where(c.user_id == user_id, c.revoked_at.is_(None)).values(revoked_at=now)
-        )
+        where = [c.user_id == user_id, c.revoked_at.is_(None)] + ([c.app_id == app_id] if app_id else [])
+        result: Any = self.s.execute(update(t.refresh_tokens).where(*where).values(revoked_at=now))
+        return int(result.rowcount or 0)
+
+
+class ConsentRepository(_Repository):
+    def get(self, user_id: str, app_id: str) -> e.Consent | None:
+        return self.s.get(e.Consent, (user_id, app_id))
+
+    def add(self, consent: e.Consent) -> None:
+        self.s.add(consent)
+
+    def delete(self, consent: e.Consent) -> None:
+        self.s.delete(consent)
+
+    def for_user(self, user_id: str) -> Sequence[e.Consent]:
+        c = t.oauth_consents.c
+        return self.s.scalars(select(e.Consent).where(c.user_id == user_id).order_by(c.granted_at)).all()
+
+    def delete_for_user(self, user_id: str) -> int:
+        result: Any = self.s.execute(delete(t.oauth_consents).where(t.oauth_consents.c.user_id == user_id))
         return int(result.rowcount or 0)
 
 
@@ -561,6 +579,9 @@ class SigningKeyRepository(_Repository):
 
     def all(self) -> Sequence[e.SigningKey]:
         return self.s.scalars(select(e.SigningKey).order_by(t.signing_keys.c.created_at.desc())).all()
+
+    def delete(self, key: e.SigningKey) -> None:
+        self.s.delete(key)
 
     def delete_retired_before(self, moment: datetime) -> int:
         c = t.signing_keys.c
@@ -719,6 +740,12 @@ class OneTimeTokenRepository(_Repository):
 class AuditRepository(_Repository):
     def add(self, event: e.AuditEvent) -> None:
         self.s.add(event)
+
+    def add_many(self, events: Sequence[e.AuditEvent]) -> None:
+        """One multi-row INSERT, without the ORM's per-object bookkeeping (batches of the deferred trail)."""
+        if events:
+            columns = ("id", "organization_id", "at", "type", "actor_id", "subject_id", "ip", "details")
+            self.s.execute(insert(t.audit_events), [{name: getattr(ev, name) for name in columns} for ev in events])
 
     def page(
         self,

@@ -258,6 +258,15 @@ refresh_tokens = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )
 
+oauth_consents = Table(
+    "oauth_consents",
+    metadata,
+    Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("app_id", ID, ForeignKey("connected_apps.id", ondelete="CASCADE"), primary_key=True),
+    Column("scopes", JSON, nullable=False),
+    Column("granted_at", UTCDateTime, nullable=False),
+)
+
 signing_keys = Table(
     "signing_keys",
     metadata,
@@ -380,6 +389,7 @@ def map_entities() -> None:
     mapper_registry.map_imperatively(e.SigningKey, signing_keys)
     mapper_registry.map_imperatively(e.AuthorizationCode, authorization_codes)
     mapper_registry.map_imperatively(e.RefreshToken, refresh_tokens)
+    mapper_registry.map_imperatively(e.Consent, oauth_consents)
     mapper_registry.map_imperatively(e.LoginTransaction, login_transactions)
     mapper_registry.map_imperatively(e.Session, sessions)
     mapper_registry.map_imperatively(e.OneTimeToken, one_time_tokens)

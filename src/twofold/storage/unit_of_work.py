@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
 from twofold.domain.errors import Conflict, Unavailable
+from twofold.domain.ports import WouldBlock, waiting_allowed
 
 from . import repositories as r
 from .tables import map_entities
@@ -67,6 +68,7 @@ class SqlUnitOfWork:
         self.signing_keys = r.SigningKeyRepository(session)
         self.authorization_codes = r.AuthorizationCodeRepository(session)
         self.refresh_tokens = r.RefreshTokenRepository(session)
+        self.consents = r.ConsentRepository(session)
         self.transactions = r.TransactionRepository(session)
         self.sessions = r.SessionRepository(session)
         self.tokens = r.OneTimeTokenRepository(session)
@@ -120,6 +122,8 @@ class SqlUnitOfWorkFactory:
         self._lock_timeout = lock_timeout_ms / 1000
 
     def __call__(self, *, read_only: bool = False) -> SqlUnitOfWork:
+        if not waiting_allowed():
+            raise WouldBlock("a unit of work was opened inside no_waiting()")
         return SqlUnitOfWork(
             self._sessions, read_only=read_only, write_lock=self._write_lock, lock_timeout=self._lock_timeout
         )

@@ -22,7 +22,7 @@ from .api import admin as admin_api
 from .api import login as login_api
 from .api import me as me_api
 from .api import push as push_api
-from .middleware import LimitsAndHeaders
+from .middleware import ExactPaths, LimitsAndHeaders
 from .pages import authorize as authorize_pages
 from .pages import common as page_common
 from .pages import console as console_pages
@@ -48,6 +48,10 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await twofold.wakeups.stop_listening()
+            try:
+                await run_in_threadpool(twofold.deferred_audit.flush)  # grants of the last moments
+            except Exception as error:
+                logger.error("audit events could not be written at shutdown: %s", error.__class__.__name__)
 
     app = FastAPI(
         title="Twofold",
@@ -86,6 +90,7 @@ def create_app(
         return JSONResponse({"status": "ready"})
 
     secure_public_url = twofold.settings.public_url.startswith("https://")
+    app.add_middleware(ExactPaths, paths=oauth_api.CLIENT_ENDPOINTS)
     app.add_middleware(LimitsAndHeaders, max_body_bytes=twofold.settings.max_body_bytes, hsts=secure_public_url)
     return app
 

@@ -101,3 +101,30 @@ async def _reject(send: Send, status: int, code: str, title: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+class ExactPaths:
+    """Serves a few exact paths with plain ASGI apps before the framework's router, which tries every route
+    in turn and solves dependencies: for the OAuth endpoints apps call all day long, that was most of the
+    cost of a request. Everything else goes on to the application. The application's exception handlers
+    still apply (the scope carries them, as the router's exception middleware would put them there)."""
+
+    def __init__(self, app: ASGIApp, *, paths: dict[str, ASGIApp]) -> None:
+        self.app = app
+        self.paths = paths
+        self._handlers: tuple[dict[Any, Any], dict[int, Any]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            handler = self.paths.get(scope["path"])
+            if handler is not None:
+                if self._handlers is None:
+                    registered = scope["app"].exception_handlers
+                    self._handlers = (
+                        {kind: h for kind, h in registered.items() if not isinstance(kind, int)},
+                        {status: h for status, h in registered.items() if isinstance(status, int)},
+                    )
+                scope["starlette.exception_handlers"] = self._handlers
+                await handler(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

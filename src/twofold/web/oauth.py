@@ -7,15 +7,20 @@ The token endpoint takes ``application/x-www-form-urlencoded`` (RFC 6749 §4.4.2
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from authlib.oauth2.rfc6749.errors import OAuth2Error
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import request_response
 
+from twofold.container import Twofold
 from twofold.domain.errors import TwofoldError
 from twofold.oauth.scopes import ADMIN_SCOPES, USER_SCOPES
+from twofold.services.oauth import OAuthClient
 
 from .deps import App, request_context
 
@@ -23,6 +28,7 @@ from .deps import App, request_context
 router = APIRouter(include_in_schema=False)
 
 FORM_LIMIT = 16 * 1024
+FORM_FIELDS = 20
 
 
 @router.get("/.well-known/openid-configuration")
@@ -90,75 +96,91 @@ def userinfo(request: Request, twofold: App) -> JSONResponse:
 
 
 async def _client_form(request: Request) -> dict[str, str] | JSONResponse:
-    if int(request.headers.get("content-length") or 0) > FORM_LIMIT:
+    """The parameters of a client's POST (RFC 6749 §3.2): a small urlencoded form, each name once."""
+    if request.method != "POST":
+        return _oauth_error(405, "invalid_request", "use POST", headers={"Allow": "POST"})
+    try:
+        declared = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        declared = FORM_LIMIT + 1
+    if declared > FORM_LIMIT:
         return _oauth_error(400, "invalid_request", "the request is too large")
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return _oauth_error(400, "invalid_request", "send the parameters as application/x-www-form-urlencoded")
-    # A chunked body has no Content-Length: its size is known once read (the form parser reuses it).
-    if len(await request.body()) > FORM_LIMIT:
-        return _oauth_error(400, "invalid_request", "the request is too large")
+    body = bytearray()
+    async for chunk in request.stream():  # a chunked body has no Content-Length: count as it comes
+        body += chunk
+        if len(body) > FORM_LIMIT:
+            return _oauth_error(400, "invalid_request", "the request is too large")
     try:
-        form = await request.form(max_files=0, max_fields=20)
-    except Exception:  # a body that is not a form is a client's error
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=FORM_FIELDS)
+    except (UnicodeDecodeError, ValueError):  # not UTF-8, or more fields than any request of ours has
         return _oauth_error(400, "invalid_request", "the body is not a valid form")
-    if any(len(form.getlist(key)) > 1 for key in form):
+    form = dict(pairs)
+    if len(form) < len(pairs):
         return _oauth_error(400, "invalid_request", "a parameter was sent more than once")  # RFC 6749 §3.2
-    return {key: value for key, value in form.items() if isinstance(value, str)}
+    return form
 
 
-async def _caller(request: Request, twofold: Any, fields: dict[str, str], endpoint: str) -> Any:
-    try:
-        return await run_in_threadpool(
-            twofold.oauth.authenticate_caller,
+async def _as_client(
+    request: Request, endpoint: str, operation: Callable[[Twofold, OAuthClient, str], dict[str, Any]]
+) -> JSONResponse:
+    """Authenticate the calling app as at the token endpoint (RFC 7662 §2.1, RFC 7009 §2.1), then run
+    ``operation`` on the ``token`` parameter, in one hand-off to a worker thread."""
+    twofold = _twofold(request)
+    fields = await _client_form(request)
+    if isinstance(fields, JSONResponse):
+        return fields
+
+    def authenticated_operation() -> dict[str, Any]:
+        caller = twofold.oauth.authenticate_caller(
             uri=f"{twofold.settings.public_url}{request.url.path}",
             headers=request.headers,
             form=fields,
             endpoint=endpoint,
         )
+        return operation(twofold, caller, fields.get("token", ""))
+
+    try:
+        answer = await run_in_threadpool(authenticated_operation)
     except OAuth2Error as error:
         return _oauth_error(401, "invalid_client", error.description or "the client could not be authenticated")
-
-
-@router.post("/oauth2/introspect")
-async def introspect(request: Request, twofold: App) -> JSONResponse:
-    """RFC 7662: an app of the organization asks whether a token is active."""
-    fields = await _client_form(request)
-    if isinstance(fields, JSONResponse):
-        return fields
-    caller = await _caller(request, twofold, fields, "introspection")
-    if isinstance(caller, JSONResponse):
-        return caller
-    answer = await run_in_threadpool(twofold.oauth.introspect, caller, fields.get("token", ""))
     return JSONResponse(answer, headers={"Cache-Control": "no-store"})
 
 
-@router.post("/oauth2/revoke")
-async def revoke(request: Request, twofold: App) -> JSONResponse:
+async def introspect(request: Request) -> JSONResponse:
+    """RFC 7662: an app of the organization asks whether a token is active."""
+    return await _as_client(
+        request, "introspection", lambda twofold, caller, token: twofold.oauth.introspect(caller, token)
+    )
+
+
+async def revoke(request: Request) -> JSONResponse:
     """RFC 7009: 200 for any token, known or not (§2.2); a refresh token ends with its family."""
-    fields = await _client_form(request)
-    if isinstance(fields, JSONResponse):
-        return fields
-    caller = await _caller(request, twofold, fields, "revocation")
-    if isinstance(caller, JSONResponse):
-        return caller
-    await run_in_threadpool(twofold.oauth.revoke, caller, fields.get("token", ""))
-    return JSONResponse({}, headers={"Cache-Control": "no-store"})
+
+    def revoke_token(twofold: Twofold, caller: OAuthClient, token: str) -> dict[str, Any]:
+        twofold.oauth.revoke(caller, token)
+        return {}
+
+    return await _as_client(request, "revocation", revoke_token)
 
 
-@router.post("/oauth2/token")
-async def token(request: Request, twofold: App) -> JSONResponse:
+async def token(request: Request) -> JSONResponse:
+    """RFC 6749 §3.2 (grants of §4.1.3, §4.4, §6), on authlib's grant classes."""
+    twofold = _twofold(request)
     fields = await _client_form(request)
     if isinstance(fields, JSONResponse):
         return fields
     if not fields.get("grant_type"):
         return _oauth_error(400, "invalid_request", "grant_type is missing")  # RFC 6749 §5.2
-    status, body, headers = await run_in_threadpool(
-        twofold.oauth.token_endpoint,
-        uri=f"{twofold.settings.public_url}/oauth2/token",
-        headers=request.headers,
-        form=fields,
-        context=request_context(request),
-    )
+    grant = {
+        "uri": f"{twofold.settings.public_url}/oauth2/token",
+        "headers": request.headers,
+        "form": fields,
+        "context": request_context(request),
+    }
+    answer = twofold.oauth.token_endpoint_from_memory(**grant)
+    status, body, headers = answer or await run_in_threadpool(lambda: twofold.oauth.token_endpoint(**grant))
     response = JSONResponse(body, status_code=status)
     for name, value in headers:
         response.headers[name] = value
@@ -167,7 +189,23 @@ async def token(request: Request, twofold: App) -> JSONResponse:
     return response
 
 
-def _oauth_error(status: int, error: str, description: str) -> JSONResponse:
+def _twofold(request: Request) -> Twofold:
+    twofold: Twofold = request.app.state.twofold
+    return twofold
+
+
+def _oauth_error(status: int, error: str, description: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
-        {"error": error, "error_description": description}, status_code=status, headers={"Cache-Control": "no-store"}
+        {"error": error, "error_description": description},
+        status_code=status,
+        headers={"Cache-Control": "no-store", **(headers or {})},
     )
+
+
+#: The endpoints that apps call with client authentication, the busiest of the server (the token endpoint
+#: above all), served before FastAPI's routing and dependency injection: see ``web.middleware.ExactPaths``.
+CLIENT_ENDPOINTS = {
+    "/oauth2/token": request_response(token),
+    "/oauth2/introspect": request_response(introspect),
+    "/oauth2/revoke": request_response(revoke),
+}

@@ -158,3 +158,23 @@ def change_password(body: PasswordChangeBody, principal: CurrentPrincipal, twofo
 def revoke_sessions(principal: CurrentPrincipal, twofold: App, context: Context) -> Response:
     twofold.sessions.revoke_others(principal, context)
     return Response(status_code=204)
+
+
+@router.get("/consents", summary="Applications the user allowed (not first-party ones, which ask no consent)")
+def consents(principal: CurrentPrincipal, twofold: App) -> list[dict[str, Any]]:
+    return [
+        {
+            "app_id": view.app_id,
+            "client_id": view.client_id,
+            "name": view.app_name,
+            "scopes": view.scopes,
+            "granted_at": view.granted_at.isoformat(),
+        }
+        for view in twofold.oauth.consents(principal)
+    ]
+
+
+@router.delete("/consents/{app_id}", status_code=204, summary="Withdraw consent; the app's refresh tokens end")
+def withdraw_consent(app_id: str, principal: CurrentPrincipal, twofold: App, context: Context) -> Response:
+    twofold.oauth.withdraw_consent(principal, app_id[:64], context)
+    return Response(status_code=204)

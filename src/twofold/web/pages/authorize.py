@@ -16,8 +16,9 @@ from urllib.parse import urlencode, urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from twofold.domain.errors import Forbidden
+from twofold.domain.errors import Forbidden, NotFound
 from twofold.oauth.scopes import USER_SCOPES
+from twofold.services.context import Principal
 from twofold.services.oauth import AuthorizationError, AuthorizationRedirect, AuthorizationRequest
 
 from ..deps import SESSION_COOKIE, request_context
@@ -129,15 +130,30 @@ def authorize(request: Request) -> Response:
     except AuthorizationRedirect as error:
         return _back_to_app(error, twofold.settings.public_url)
     principal = current_principal(request)
-    if principal is None:
+    if principal is None or "login" in authorization.prompt:
+        if "none" in authorization.prompt:
+            return _back_to_app(
+                _refusal(authorization, "login_required", "no one is signed in"), twofold.settings.public_url
+            )
+        if principal is not None:
+            # prompt=login asks for a new sign-in; one signed-in session is never replaced behind the user's back.
+            return _back_to_app(
+                _refusal(authorization, "login_required", "sign out first to sign in again"),
+                twofold.settings.public_url,
+            )
         # Sign in first (password, MFA or forced enrollment); "/" brings the browser back here.
         response = RedirectResponse("/login", status_code=303)
         stamp = str(int(time.time()))
         signature = twofold.mac.sign(f"authorize:{stamp}:{query}")
         set_cookie(response, AUTHORIZE_COOKIE, f"{stamp}.{signature}.{query}", max_age=PENDING_SECONDS)
         return response
-    if authorization.app.first_party:
+    if not twofold.oauth.needs_consent(principal, authorization):
         return _grant(request, authorization)
+    if "none" in authorization.prompt:
+        return _back_to_app(
+            _refusal(authorization, "consent_required", "the user has not allowed this application"),
+            twofold.settings.public_url,
+        )
     page = render(
         request,
         "consent.html",
@@ -149,6 +165,10 @@ def authorize(request: Request) -> Response:
         principal=principal,
     )
     return _allowing_form_action_to(page, authorization.redirect_uri)
+
+
+def _refusal(authorization: AuthorizationRequest, error: str, description: str) -> AuthorizationRedirect:
+    return AuthorizationRedirect(error, description, redirect_uri=authorization.redirect_uri, state=authorization.state)
 
 
 def _grant(request: Request, authorization: AuthorizationRequest) -> Response:
@@ -182,14 +202,12 @@ async def consent(request: Request) -> Response:
         return _back_to_app(error, twofold.settings.public_url)
     if form.get("decision") != "allow":
         return _back_to_app(
-            AuthorizationRedirect(
-                "access_denied",
-                "the user did not allow it",
-                redirect_uri=authorization.redirect_uri,
-                state=authorization.state,
-            ),
-            twofold.settings.public_url,
+            _refusal(authorization, "access_denied", "the user did not allow it"), twofold.settings.public_url
         )
+    principal = current_principal(request)
+    if principal is None:
+        return RedirectResponse("/login", status_code=303)
+    twofold.oauth.remember_consent(principal, authorization, request_context(request))
     return _grant(request, authorization)
 
 
@@ -232,3 +250,53 @@ def logout(
         )
     clear_cookie(response, SESSION_COOKIE)
     return response
+
+
+# -- "Connected applications": what the user allowed, and withdrawing it ----------------------------------
+
+APPLICATIONS = "/profile/applications"
+WITHDRAWN_NOTICE = "Access removed. {name} will ask for your consent again."
+
+
+@router.get(APPLICATIONS, response_class=HTMLResponse)
+def applications(request: Request, removed: str | None = None) -> Response:
+    principal = current_principal(request)
+    if principal is None:
+        return RedirectResponse(f"/login?next={APPLICATIONS}", status_code=303)
+    # The link names the app by id, never by text: a crafted link cannot put words on the page.
+    name = twofold_of(request).oauth.application_name(principal, removed[:64]) if removed else None
+    return _applications_page(request, principal, notice=WITHDRAWN_NOTICE.format(name=name) if name else None)
+
+
+def _applications_page(
+    request: Request, principal: Principal, *, notice: str | None = None, error: str | None = None, status: int = 200
+) -> HTMLResponse:
+    views = twofold_of(request).oauth.consents(principal)
+    listed = [(view, [SCOPE_WORDS.get(scope, scope) for scope in view.scopes]) for view in views]
+    return render(
+        request,
+        "applications.html",
+        {"applications": listed, "notice": notice, "error": error},
+        principal=principal,
+        status=status,
+    )
+
+
+@router.post(APPLICATIONS, response_class=HTMLResponse)
+async def withdraw(request: Request) -> Response:
+    """ "Remove access" for one application: its refresh tokens end and it asks for consent again."""
+    try:
+        form = await read_form(request)
+    except Forbidden as error:
+        return csrf_refused(request, error)
+    principal = current_principal(request)
+    if principal is None:
+        return RedirectResponse(f"/login?next={APPLICATIONS}", status_code=303)
+    app_id = form.get("app_id", "")[:64]
+    try:
+        twofold_of(request).oauth.withdraw_consent(principal, app_id, request_context(request))
+    except NotFound:
+        return _applications_page(
+            request, principal, error="That application no longer has access to your account.", status=404
+        )
+    return RedirectResponse(f"{APPLICATIONS}?{urlencode({'removed': app_id})}", status_code=303)
