@@ -18,6 +18,7 @@ from twofold.services.connected_apps import ConnectedAppService
 from twofold.services.context import RequestContext
 from twofold.services.crypto import AesGcmSealer, TokenMac
 from twofold.services.exemptions import ExemptionService
+from twofold.services.identity_providers import IdentityProviderService
 from twofold.services.login import LoginService
 from twofold.services.maintenance import MaintenanceService
 from twofold.services.methods import MethodService
@@ -28,6 +29,7 @@ from twofold.services.push import PushService
 from twofold.services.push_gateway import NoGateway, PushGateway, WebhookGateway
 from twofold.services.sessions import SessionService
 from twofold.services.signing import SigningKeyService
+from twofold.services.sso import SsoService
 from twofold.services.step_up import StepUpService
 from twofold.services.throttle import Throttle
 from twofold.storage.database import make_engine
@@ -59,6 +61,8 @@ class Twofold:
     wakeups: Wakeups
     maintenance: MaintenanceService
     deferred_audit: DeferredAuditTrail
+    identity_providers: IdentityProviderService
+    sso: SsoService
 
     def close(self) -> None:
         self.deferred_audit.close()
@@ -127,6 +131,8 @@ def build(settings: Settings | None = None, *, registry: MethodRegistry | None =
         settings=settings, uow=uow, keys=signing_keys, digests=digests, deferred_audit=deferred_audit
     )
     connected_apps = ConnectedAppService(uow=uow, admin=admin, digests=digests, on_change=oauth.forget_client)
+    identity_providers = IdentityProviderService(settings=settings, uow=uow, admin=admin, sealer=sealer)
+    sso = SsoService(settings=settings, uow=uow, sealer=sealer, sessions=sessions)
     wakeups = wakeups_for(settings.database_url)
     gateway: PushGateway = (
         WebhookGateway(settings.push_webhook_url, settings.push_webhook_secret.get_secret_value())
@@ -166,4 +172,6 @@ def build(settings: Settings | None = None, *, registry: MethodRegistry | None =
         wakeups=wakeups,
         maintenance=maintenance,
         deferred_audit=deferred_audit,
+        identity_providers=identity_providers,
+        sso=sso,
     )

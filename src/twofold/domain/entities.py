@@ -217,7 +217,26 @@ class Session:
     ip: str | None = None
     user_agent: str | None = None
     revoked_at: datetime | None = None
+    # MFA was done: a second factor here, or an upstream sign-in that the provider's MFA policy accepted
+    # (its amr is kept verbatim, so it need not say "mfa": "pwd" and "otp" pass too, sso/mfa.py).
+    mfa_verified: bool = False
     id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(eq=False)
+class SsoRequest:
+    """A sign-in sent to an upstream identity provider and not back yet: found by its state (OIDC) or
+    RelayState (SAML), used once, within SSO_REQUEST_LIFETIME."""
+
+    state_hash: str
+    identity_provider_id: str
+    nonce: str
+    expires_at: datetime
+    code_verifier_sealed: str | None = None
+    saml_request_id: str | None = None
+    browser_hash: str | None = None  # OIDC: the hash of a cookie set when the sign-in started
+    used_at: datetime | None = None
     created_at: datetime = field(default_factory=utcnow)
 
 

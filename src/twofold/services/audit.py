@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from typing import Any
@@ -97,13 +98,14 @@ class DeferredAuditTrail:
         logger.info("audit %s org=%s actor=%s subject=%s", type, organization_id, actor_id, subject_id)
         with self._condition:
             self._pending.append(event)
-            if len(self._pending) > self.MAX_PENDING:
-                del self._pending[0]
-                self.dropped += 1
+            self._keep_within_cap()
             if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, name="twofold-audit", daemon=True)
+                # A context of its own: the writer must not inherit the caller's (no_waiting() included).
+                self._thread = threading.Thread(
+                    target=contextvars.Context().run, args=(self._run,), name="twofold-audit", daemon=True
+                )
                 self._thread.start()
-            if len(self._pending) >= self.max_batch:
+            if len(self._pending) == self.max_batch:  # once per full batch, not for every event past it
                 self._condition.notify()
 
     def flush(self) -> None:
@@ -119,7 +121,18 @@ class DeferredAuditTrail:
             except Exception:
                 with self._condition:  # kept for the next attempt, in order
                     self._pending[:0] = batch
+                    self._keep_within_cap()
                 raise
+
+    def _keep_within_cap(self) -> None:
+        """Called with the condition held. Beyond MAX_PENDING (the database away for long), the oldest events
+        are dropped: counted, and said in the log, since the audit trail then has a gap (R9)."""
+        excess = len(self._pending) - self.MAX_PENDING
+        if excess > 0:
+            del self._pending[:excess]
+            before, self.dropped = self.dropped, self.dropped + excess
+            if before == 0 or before // 10_000 != self.dropped // 10_000:
+                logger.error("audit events dropped while the database is unreachable: %d so far", self.dropped)
 
     def close(self) -> None:
         """Stop the writer after a last flush (server shutdown)."""
@@ -137,8 +150,9 @@ class DeferredAuditTrail:
         failures = 0
         while True:
             with self._condition:
-                if not self._closed and len(self._pending) < self.max_batch:
-                    self._condition.wait(self.max_delay * (1 + min(failures, 50)))  # back off while failing
+                # A full batch is written at once, unless the last attempt failed: then wait, longer each time.
+                if not self._closed and (failures or len(self._pending) < self.max_batch):
+                    self._condition.wait(self.max_delay * (1 + min(failures, 50)))
                 if self._closed:
                     return
             try:

@@ -246,6 +246,8 @@ class ConnectedAppService:
             if changes.get("scopes") is not None:
                 scopes = self._scopes(app.grant_type, changes["scopes"], principal)
                 kill_tokens |= not set(app.scopes) <= set(scopes)  # a narrowed app keeps no wider token
+                for consent in uow.consents.for_app(app.id):  # nor users' consent to what it no longer has
+                    consent.scopes = [scope for scope in consent.scopes if scope in scopes]
                 app.scopes, changed["scopes"] = scopes, scopes
             if changes.get("redirect_uris") is not None:
                 app.redirect_uris = self._redirect_uris(app.grant_type, changes["redirect_uris"])

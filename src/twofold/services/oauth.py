@@ -32,7 +32,7 @@ from joserfc.jwk import KeySet
 from twofold.config import Settings
 from twofold.domain.clock import as_utc, utcnow
 from twofold.domain.entities import AuthorizationCode, ConnectedApp, Consent, GrantType, RefreshToken, User
-from twofold.domain.errors import NotFound, Unauthenticated
+from twofold.domain.errors import Conflict, NotFound, Unauthenticated
 from twofold.domain.ports import UnitOfWork, UnitOfWorkFactory, WouldBlock, no_waiting
 from twofold.oauth import access_tokens
 from twofold.oauth.client_credentials import SecretDigests
@@ -319,6 +319,8 @@ class OAuthService:
         self.server = _Server(self)
         # Apps as the token endpoint last read them, by client_id: (time.monotonic() when read, client).
         self._clients: dict[str, tuple[float, OAuthClient]] = {}
+        self._clients_lock = threading.Lock()  # held for dictionary updates only, never across a read
+        self._generation = 0  # moved by every forget_client
         # authlib's token generators get no request; the grant being served is kept per thread.
         self._local = threading.local()
 
@@ -368,17 +370,18 @@ class OAuthService:
     def client(self, client_id: str) -> OAuthClient | None:
         """The enabled app with this client_id and its secrets, as read at most CLIENT_CACHE_SECONDS ago.
 
-        Only the token endpoint's client authentication reads through this cache: every use of a token reads
-        the app itself (``app_principal``), so an app disabled or narrowed is refused at once everywhere, and
-        a change made by this process is seen at once (``forget_client``); another server process may grant a
-        token to the app as it was for up to that second, a token its next use then judges by the app as it is.
+        Client authentication (token, introspection and revocation endpoints) reads through this cache; every
+        use of a token reads the app itself (``app_principal``, ``introspect``: enabled, not revoked since, and
+        only the scopes it still holds), so an app disabled or narrowed is refused at once everywhere. A change
+        made through this process is seen at once (``forget_client``); another server process may authenticate
+        the app as it was for up to that second, and a token it grants then is judged by the app as it is.
         """
         if not isinstance(client_id, str) or not 1 <= len(client_id) <= 64:
             return None
         cached = self._clients.get(client_id)
         if cached is not None and time.monotonic() - cached[0] < CLIENT_CACHE_SECONDS:
             return cached[1]
-        read_at, now = time.monotonic(), utcnow()
+        read_at, now, generation = time.monotonic(), utcnow(), self._generation
         with self.uow(read_only=True) as uow:
             app = uow.connected_apps.by_client_id(client_id)
             if app is None or not app.enabled:
@@ -388,12 +391,17 @@ class OAuthService:
         client = OAuthClient(app=app, secrets=live, digests=self.digests, rekey=self._rekey_secret)
         if len(self._clients) >= CLIENT_CACHE_SIZE:
             self._clients.clear()  # many apps: start over rather than keep a least-recently-used order
-        self._clients[client_id] = (read_at, client)
+        with self._clients_lock:
+            # A change committed while this read was under way must not be covered by what it read.
+            if generation == self._generation:
+                self._clients[client_id] = (read_at, client)
         return client
 
     def forget_client(self, client_id: str) -> None:
         """The app changed (disabled, narrowed, deleted, secret rotated): read it again on next use."""
-        self._clients.pop(client_id, None)
+        with self._clients_lock:
+            self._generation += 1
+            self._clients.pop(client_id, None)
 
     def _rekey_secret(self, client: OAuthClient, old_digest: str, new_digest: str) -> None:
         with self.uow() as uow:
@@ -504,14 +512,22 @@ class OAuthService:
         if "consent" in request.prompt:
             return True
         with self.uow(read_only=True) as uow:
-            consent = uow.consents.get(principal.user.id, request.app.id)
-        return consent is None or not set(request.scopes) <= set(consent.scopes)
+            return not _consent_holds(uow, request.app, principal.user.id, " ".join(request.scopes))
 
     def remember_consent(self, principal: Principal, request: AuthorizationRequest, context: RequestContext) -> None:
-        """"Allow": remembered, with the scopes allowed before, until the user withdraws it."""
+        """ "Allow": remembered, with the scopes allowed before, until the user withdraws it. A session without
+        MFA never reaches an application (``issue_code``), so it has nothing to remember."""
+        if principal.session is None or not principal.session.mfa_verified:
+            return
+        try:
+            self._remember_consent(principal, request, context)
+        except Conflict:  # "Allow" twice at once: the other click stored it; add these scopes to it
+            self._remember_consent(principal, request, context)
+
+    def _remember_consent(self, principal: Principal, request: AuthorizationRequest, context: RequestContext) -> None:
         now = utcnow()
         with self.uow() as uow:
-            consent = uow.consents.get(principal.user.id, request.app.id)
+            consent = uow.consents.get(principal.user.id, request.app.id, lock=True)
             if consent is None:
                 consent = Consent(user_id=principal.user.id, app_id=request.app.id, scopes=[], granted_at=now)
                 uow.consents.add(consent)
@@ -550,12 +566,13 @@ class OAuthService:
         and it asks again next time. Returns how many refresh tokens were revoked."""
         now = utcnow()
         with self.uow() as uow:
-            consent = uow.consents.get(principal.user.id, app_id) if _looks_like_id(app_id) else None
+            consent = uow.consents.get(principal.user.id, app_id, lock=True) if _looks_like_id(app_id) else None
             app = uow.connected_apps.get(app_id) if consent is not None else None
             if consent is None or app is None:
                 raise NotFound("no application with this id has your consent")
             uow.consents.delete(consent)
             revoked = uow.refresh_tokens.revoke_for_user(principal.user.id, now=now, app_id=app_id)
+            uow.authorization_codes.expire_unredeemed(principal.user.id, app_id, now=now)
             audit.record(
                 uow,
                 "oauth.consent_withdrawn",
@@ -570,7 +587,7 @@ class OAuthService:
     def issue_code(self, principal: Principal, request: AuthorizationRequest, context: RequestContext) -> str:
         """A code for a signed-in user who did MFA; exempt accounts never reach applications (issue 7)."""
         session = principal.session
-        if session is None or "mfa" not in session.amr:
+        if session is None or not session.mfa_verified:
             raise AuthorizationRedirect(
                 "access_denied",
                 "this account signs in without multi-factor authentication and cannot use applications",
@@ -631,7 +648,8 @@ class OAuthService:
                 return None
             user = uow.users.get(record.user_id)
             session_alive = self._session_alive(uow, record.session_id, now)
-        if user is None or not user.is_active or not session_alive:
+            consented = _consent_holds(uow, client.app, record.user_id, record.scope)
+        if user is None or not user.is_active or not session_alive or not consented:
             return None
         return IssuedCode(record=record, user=user)
 
@@ -649,6 +667,8 @@ class OAuthService:
                 return None  # another app's: refused before it is spent, so its own app keeps it
             if record.session_id is not None and not self._session_alive(uow, record.session_id, now):
                 return None  # the sign-in behind it ended (sign-out): so did what it gave apps
+            if not _consent_holds(uow, client.app, record.user_id, record.scope):
+                return None  # the user withdrew consent: what it gave the app ended with it
             if not uow.refresh_tokens.rotate(token_hash, now=now):
                 if record.used_at is not None and record.revoked_at is None:
                     uow.refresh_tokens.revoke_family(record.family_id, now=now)
@@ -722,6 +742,8 @@ class OAuthService:
             family = record.family_id if isinstance(record, RefreshToken) else _family_of(record.code_hash)
             refresh = secrets.token_urlsafe(32)
             with self.uow() as uow:
+                if not _consent_holds(uow, client.app, user.id, granted, lock=True):
+                    return body  # consent was withdrawn a moment ago: no refresh token outlives it
                 uow.refresh_tokens.add(
                     RefreshToken(
                         token_hash=hash_token(refresh),
@@ -825,8 +847,16 @@ class OAuthService:
                 or not alive
             ):
                 return inactive
-            keep = ("scope", "client_id", "sub", "exp", "iat", "iss", "aud", "jti", "auth_time", "acr", "amr")
-            return {"active": True, "token_type": "Bearer", **{k: claims[k] for k in keep if k in claims}}
+            keep = ("client_id", "sub", "exp", "iat", "iss", "aud", "jti", "auth_time", "acr", "amr")
+            # The scopes the app still holds: a token granted from a moment-old view of a narrowed app
+            # (another process's cache) never reports more than the app has now, as at the admin API.
+            scope = " ".join(s for s in str(claims.get("scope") or "").split() if s in set(app.scopes))
+            return {
+                "active": True,
+                "token_type": "Bearer",
+                "scope": scope,
+                **{k: claims[k] for k in keep if k in claims},
+            }
         with self.uow(read_only=True) as uow:
             record = uow.refresh_tokens.by_hash(hash_token(token))
             app = uow.connected_apps.get(record.app_id) if record is not None else None
@@ -955,6 +985,15 @@ class OAuthService:
             raise Unauthenticated("this token was revoked")
         scopes = frozenset(str(claims.get("scope") or "").split()) & frozenset(app.scopes)
         return AppPrincipal(app=app, scopes=scopes)
+
+
+def _consent_holds(uow: UnitOfWork, app: ConnectedApp, user_id: str, scope: str, *, lock: bool = False) -> bool:
+    """A first-party app needs none; any other needs the user's consent to every scope, as the app still holds
+    them (a scope the app lost and got back is asked for again)."""
+    if app.first_party:
+        return True
+    consent = uow.consents.get(user_id, app.id, lock=lock)
+    return consent is not None and set(scope.split()) <= set(consent.scopes) & set(app.scopes)
 
 
 def _looks_like_id(value: object) -> bool:

@@ -31,23 +31,41 @@ class IssuedSession:
         return self.session.expires_at
 
 
+@dataclass(frozen=True)
+class UpstreamAuthentication:
+    """What an upstream identity provider asserted about a sign-in, and whether its MFA policy accepted it."""
+
+    acr: str
+    auth_time: datetime
+    mfa_verified: bool
+
+
 class SessionService:
     def __init__(self, settings: Settings, uow: UnitOfWorkFactory) -> None:
         self.settings = settings
         self.uow = uow
 
     def issue(
-        self, uow: UnitOfWork, user: User, *, amr: list[str], now: datetime, context: RequestContext
+        self,
+        uow: UnitOfWork,
+        user: User,
+        *,
+        amr: list[str],
+        now: datetime,
+        context: RequestContext,
+        upstream: UpstreamAuthentication | None = None,
     ) -> IssuedSession:
-        """A new session after a completed authentication; always a new token (DESIGN.md §3)."""
+        """A new session after a completed authentication; always a new token (DESIGN.md §3). A sign-in at
+        an upstream provider keeps what the provider asserted (amr, acr, auth_time) verbatim."""
         token = new_token(SESSION_TOKEN_PREFIX)
-        has_mfa = "mfa" in amr
+        has_mfa = upstream.mfa_verified if upstream is not None else "mfa" in amr
         session = Session(
             user_id=user.id,
             token_hash=hash_token(token),
             amr=list(amr),
-            acr=acr_for(amr),
-            auth_time=now,
+            acr=upstream.acr if upstream is not None else acr_for(amr),
+            auth_time=upstream.auth_time if upstream is not None else now,
+            mfa_verified=has_mfa,
             expires_at=now + timedelta(seconds=self.settings.session_absolute_seconds),
             last_seen_at=now,
             step_up_until=now + timedelta(seconds=self.settings.step_up_seconds) if has_mfa else None,
@@ -74,7 +92,7 @@ class SessionService:
             user = uow.users.get(session.user_id)
             if user is None or not user.is_active:
                 raise Unauthenticated()
-            if "pwd" in session.amr and "mfa" not in session.amr and not user.is_federated:
+            if not session.mfa_verified and not user.is_federated:
                 # A password-only session lives on its exemption (R4): once that expires, or stops
                 # applying at the cut-off, the session ends with it instead of running out its 12 hours.
                 exemption = uow.exemptions.for_user(user.id)
@@ -95,7 +113,7 @@ class SessionService:
             raise StepUpRequired()
 
     def require_mfa_session(self, principal: Principal) -> None:
-        if principal.session is None or "mfa" not in principal.session.amr:
+        if principal.session is None or not principal.session.mfa_verified:
             raise Forbidden("this session was not made with multi-factor authentication")
 
     def logout(self, principal: Principal, context: RequestContext) -> None:

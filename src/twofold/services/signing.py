@@ -18,7 +18,7 @@ from joserfc.jwk import ECKey, KeySet
 
 from twofold.domain.clock import as_utc, utcnow
 from twofold.domain.entities import SigningKey
-from twofold.domain.ports import Sealer, UnitOfWork, UnitOfWorkFactory
+from twofold.domain.ports import Sealer, UnitOfWork, UnitOfWorkFactory, WouldBlock, waiting_allowed
 from twofold.oauth.signing_keys import new_signing_key, private_key, public_key_set, verification_keys
 
 from . import audit
@@ -71,6 +71,9 @@ class SigningKeyService:
         signing = self._signing
         if signing is not None and time.monotonic() < signing.until:
             return signing.kid, signing.key
+        if not waiting_allowed():
+            # On the event loop: never wait for the lock another thread holds across a database read.
+            raise WouldBlock("the signing key must be read from the database")
         with self._lock:
             signing = self._signing
             if signing is not None and time.monotonic() < signing.until:

@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 
@@ -63,10 +65,27 @@ class IdentityProviderRepository(_Repository):
         c = t.identity_providers.c
         return self.s.scalars(select(e.IdentityProvider).where(c.settings_encrypted.is_not(None))).all()
 
+    def all_external(self) -> Sequence[e.IdentityProvider]:
+        c = t.identity_providers.c
+        return self.s.scalars(select(e.IdentityProvider).where(c.type != "local").order_by(c.created_at)).all()
+
+    def delete(self, provider: e.IdentityProvider) -> None:
+        self.s.delete(provider)
+
 
 class UserRepository(_Repository):
     def add(self, user: e.User) -> None:
         self.s.add(user)
+
+    def by_external_subject(self, identity_provider_id: str, subject: str) -> e.User | None:
+        c = t.users.c
+        return self.s.scalars(
+            select(e.User).where(c.identity_provider_id == identity_provider_id, c.external_subject == subject)
+        ).first()
+
+    def count_for_provider(self, identity_provider_id: str) -> int:
+        c = t.users.c
+        return int(self.s.scalar(select(func.count()).where(c.identity_provider_id == identity_provider_id)) or 0)
 
     def get(self, user_id: str) -> e.User | None:
         return self.s.get(e.User, user_id)
@@ -512,6 +531,15 @@ class AuthorizationCodeRepository(_Repository):
     def by_hash(self, code_hash: str) -> e.AuthorizationCode | None:
         return self.s.get(e.AuthorizationCode, code_hash)
 
+    def expire_unredeemed(self, user_id: str, app_id: str, *, now: datetime) -> int:
+        c = t.authorization_codes.c
+        result: Any = self.s.execute(
+            update(t.authorization_codes)
+            .where(c.user_id == user_id, c.app_id == app_id, c.used_at.is_(None), c.expires_at > now)
+            .values(expires_at=now)
+        )
+        return int(result.rowcount or 0)
+
     def redeem(self, code_hash: str, *, now: datetime) -> bool:
         """Once: of two redemptions of one code, exactly one changes the row."""
         c = t.authorization_codes.c
@@ -554,9 +582,36 @@ class RefreshTokenRepository(_Repository):
         return int(result.rowcount or 0)
 
 
+class SsoRequestRepository(_Repository):
+    def add(self, request: e.SsoRequest) -> None:
+        self.s.add(request)
+
+    def by_state_hash(self, state_hash: str) -> e.SsoRequest | None:
+        return self.s.get(e.SsoRequest, state_hash)
+
+    def use(self, state_hash: str, *, now: datetime) -> bool:
+        """Spend a pending sign-in once (conditional UPDATE): a second callback with its state finds it used."""
+        c = t.sso_requests.c
+        result: Any = self.s.execute(
+            update(t.sso_requests)
+            .where(c.state_hash == state_hash, c.used_at.is_(None), c.expires_at > now)
+            .values(used_at=now)
+        )
+        return int(result.rowcount or 0) == 1
+
+    def delete_expired(self, *, now: datetime) -> int:
+        result: Any = self.s.execute(delete(t.sso_requests).where(t.sso_requests.c.expires_at <= now))
+        return int(result.rowcount or 0)
+
+
 class ConsentRepository(_Repository):
-    def get(self, user_id: str, app_id: str) -> e.Consent | None:
-        return self.s.get(e.Consent, (user_id, app_id))
+    def get(self, user_id: str, app_id: str, *, lock: bool = False) -> e.Consent | None:
+        # FOR UPDATE on PostgreSQL (SQLite has one writer at a time): a withdrawal and a token issued on the
+        # consent's strength are serialized, so no refresh token outlives the withdrawal.
+        return self.s.get(e.Consent, (user_id, app_id), with_for_update=lock or None)
+
+    def for_app(self, app_id: str) -> Sequence[e.Consent]:
+        return self.s.scalars(select(e.Consent).where(t.oauth_consents.c.app_id == app_id)).all()
 
     def add(self, consent: e.Consent) -> None:
         self.s.add(consent)
@@ -568,9 +623,6 @@ class ConsentRepository(_Repository):
         c = t.oauth_consents.c
         return self.s.scalars(select(e.Consent).where(c.user_id == user_id).order_by(c.granted_at)).all()
 
-    def delete_for_user(self, user_id: str) -> int:
-        result: Any = self.s.execute(delete(t.oauth_consents).where(t.oauth_consents.c.user_id == user_id))
-        return int(result.rowcount or 0)
 
 
 class SigningKeyRepository(_Repository):
@@ -745,7 +797,12 @@ class AuditRepository(_Repository):
         """One multi-row INSERT, without the ORM's per-object bookkeeping (batches of the deferred trail)."""
         if events:
             columns = ("id", "organization_id", "at", "type", "actor_id", "subject_id", "ip", "details")
-            self.s.execute(insert(t.audit_events), [{name: getattr(ev, name) for name in columns} for ev in events])
+            # A batch retried after a commit whose outcome was unknown (the connection dropped) may be partly
+            # there already: rows are skipped by id, so the retry neither fails for ever nor writes twice.
+            dialect = self.s.get_bind().dialect.name
+            upsert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+            statement = upsert(t.audit_events).on_conflict_do_nothing(index_elements=["id"])
+            self.s.execute(statement, [{name: getattr(ev, name) for name in columns} for ev in events])
 
     def page(
         self,
@@ -845,6 +902,7 @@ class Housekeeping(_Repository):
             "authorization_codes", delete(t.authorization_codes).where(t.authorization_codes.c.expires_at < stale_codes)
         )
         run("refresh_tokens", delete(t.refresh_tokens).where(t.refresh_tokens.c.expires_at < now))
+        run("sso_requests", delete(t.sso_requests).where(t.sso_requests.c.expires_at < now))
         # A throttle row matters until its block ends and its window closes; a day later it is history.
         stale = now - timedelta(days=1)
         run(

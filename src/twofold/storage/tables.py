@@ -262,7 +262,7 @@ oauth_consents = Table(
     "oauth_consents",
     metadata,
     Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
-    Column("app_id", ID, ForeignKey("connected_apps.id", ondelete="CASCADE"), primary_key=True),
+    Column("app_id", ID, ForeignKey("connected_apps.id", ondelete="CASCADE"), primary_key=True, index=True),
     Column("scopes", JSON, nullable=False),
     Column("granted_at", UTCDateTime, nullable=False),
 )
@@ -328,6 +328,23 @@ sessions = Table(
     Column("last_seen_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False, index=True),
     Column("revoked_at", UTCDateTime, nullable=True),
+    Column("mfa_verified", Boolean, nullable=False),
+)
+
+sso_requests = Table(
+    "sso_requests",
+    metadata,
+    Column("state_hash", String(64), primary_key=True),
+    Column(
+        "identity_provider_id", ID, ForeignKey("identity_providers.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("nonce", String(128), nullable=False),
+    Column("code_verifier_sealed", Text, nullable=True),
+    Column("saml_request_id", String(128), nullable=True),
+    Column("browser_hash", String(64), nullable=True),
+    Column("expires_at", UTCDateTime, nullable=False, index=True),
+    Column("used_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
 )
 
 one_time_tokens = Table(
@@ -390,6 +407,7 @@ def map_entities() -> None:
     mapper_registry.map_imperatively(e.AuthorizationCode, authorization_codes)
     mapper_registry.map_imperatively(e.RefreshToken, refresh_tokens)
     mapper_registry.map_imperatively(e.Consent, oauth_consents)
+    mapper_registry.map_imperatively(e.SsoRequest, sso_requests)
     mapper_registry.map_imperatively(e.LoginTransaction, login_transactions)
     mapper_registry.map_imperatively(e.Session, sessions)
     mapper_registry.map_imperatively(e.OneTimeToken, one_time_tokens)

@@ -69,6 +69,7 @@ class SqlUnitOfWork:
         self.authorization_codes = r.AuthorizationCodeRepository(session)
         self.refresh_tokens = r.RefreshTokenRepository(session)
         self.consents = r.ConsentRepository(session)
+        self.sso_requests = r.SsoRequestRepository(session)
         self.transactions = r.TransactionRepository(session)
         self.sessions = r.SessionRepository(session)
         self.tokens = r.OneTimeTokenRepository(session)

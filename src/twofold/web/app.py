@@ -19,6 +19,7 @@ from twofold.container import Twofold, build
 from . import oauth as oauth_api
 from . import problems
 from .api import admin as admin_api
+from .api import identity_providers as identity_providers_api
 from .api import login as login_api
 from .api import me as me_api
 from .api import push as push_api
@@ -28,6 +29,7 @@ from .pages import common as page_common
 from .pages import console as console_pages
 from .pages import profile as profile_pages
 from .pages import routes as pages
+from .pages import sso as sso_pages
 
 logger = logging.getLogger("twofold.web")
 
@@ -67,9 +69,11 @@ def create_app(
     app.include_router(login_api.router)
     app.include_router(me_api.router)
     app.include_router(admin_api.router)
+    app.include_router(identity_providers_api.router)
     app.include_router(push_api.router)
     app.include_router(oauth_api.router)
     app.include_router(pages.router)
+    app.include_router(sso_pages.router)
     app.include_router(profile_pages.router)
     app.include_router(console_pages.router)
     app.include_router(authorize_pages.router)

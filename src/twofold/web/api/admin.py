@@ -19,6 +19,7 @@ from twofold.services.connected_apps import AppView
 from twofold.services.exemptions import ExemptionView
 
 from ..deps import App, Context, CurrentActor
+from .identity_providers import provider_body
 from .schemas import (
     PROBLEM_RESPONSES,
     BusinessGroupBody,
@@ -259,8 +260,12 @@ def revoke_administrator(org: str, user_id: str, principal: CurrentActor, twofol
 
 @router.get("/identity-providers", summary="The local identity provider and any external ones")
 def identity_providers(org: str, principal: CurrentActor, twofold: App) -> list[dict[str, Any]]:
+    external = {
+        view.provider.id: provider_body(view) for view in twofold.identity_providers.list_external(principal, org)
+    }
     return [
-        {"id": p.id, "type": p.type, "name": p.name, "issuer": p.issuer, "created_at": ts(p.created_at)}
+        external.get(p.id)
+        or {"id": p.id, "type": p.type, "name": p.name, "issuer": p.issuer, "created_at": ts(p.created_at)}
         for p in twofold.admin.identity_providers(principal, org)
     ]
 

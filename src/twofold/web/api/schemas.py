@@ -235,3 +235,38 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
     for status in (400, 401, 403, 404, 409, 410, 422, 429, 503)
 }
+
+
+class ClaimMapping(Body):
+    username: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+    email: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+
+
+class IdentityProviderOptions(Body):
+    scopes: Annotated[list[str], Field(min_length=1, max_length=50)] | None = None
+    claim_mapping: ClaimMapping | None = None
+    jit_provisioning: bool | None = None
+    allowed_email_domains: Annotated[list[str], Field(max_length=50)] | None = None
+    require_mfa: bool | None = None
+    accepted_amr: Annotated[list[str], Field(min_length=1, max_length=50)] | None = None
+    accepted_authn_contexts: Annotated[list[str], Field(min_length=1, max_length=50)] | None = None
+
+
+class IdentityProviderBody(IdentityProviderOptions):
+    type: Literal["oidc", "saml"]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    issuer: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
+    client_id: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+    client_secret: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = None
+    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt"] = (
+        "client_secret_basic"
+    )
+    metadata_xml: Annotated[str, StringConstraints(min_length=1, max_length=1_000_000)] | None = None
+    metadata_url: Annotated[str, StringConstraints(min_length=1, max_length=2000)] | None = None
+
+
+class IdentityProviderUpdateBody(IdentityProviderOptions):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    client_id: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+    client_secret: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -81,7 +81,11 @@ def resume_response(request: Request) -> Response | None:
     query = pending_query(request)
     if query is None:
         return None
-    target = f"/oauth2/authorize?{query}"
+    # The sign-in that lands here was the one the request asked for: prompt=login is met (OIDC Core §3.1.2.1).
+    params = parse_qsl(query, keep_blank_values=True)
+    prompts = [p for name, value in params if name == "prompt" for p in value.split() if p != "login"]
+    kept = [(name, value) for name, value in params if name != "prompt"]
+    target = "/oauth2/authorize?" + urlencode(kept + ([("prompt", " ".join(prompts))] if prompts else []))
     response = render(
         request,
         "message.html",
@@ -263,8 +267,13 @@ def applications(request: Request, removed: str | None = None) -> Response:
     principal = current_principal(request)
     if principal is None:
         return RedirectResponse(f"/login?next={APPLICATIONS}", status_code=303)
-    # The link names the app by id, never by text: a crafted link cannot put words on the page.
-    name = twofold_of(request).oauth.application_name(principal, removed[:64]) if removed else None
+    # The link names the app by id, never by text, and is signed for this user: a crafted link can neither put
+    # words on the page nor claim that access was removed.
+    name = None
+    if removed:
+        app_id, _, signature = removed[:200].partition(".")
+        if twofold_of(request).mac.verify(f"consent-withdrawn:{principal.user.id}:{app_id}", signature):
+            name = twofold_of(request).oauth.application_name(principal, app_id)
     return _applications_page(request, principal, notice=WITHDRAWN_NOTICE.format(name=name) if name else None)
 
 
@@ -299,4 +308,5 @@ async def withdraw(request: Request) -> Response:
         return _applications_page(
             request, principal, error="That application no longer has access to your account.", status=404
         )
-    return RedirectResponse(f"{APPLICATIONS}?{urlencode({'removed': app_id})}", status_code=303)
+    signature = twofold_of(request).mac.sign(f"consent-withdrawn:{principal.user.id}:{app_id}")
+    return RedirectResponse(f"{APPLICATIONS}?{urlencode({'removed': f'{app_id}.{signature}'})}", status_code=303)

@@ -242,8 +242,73 @@ def identity_providers(request: Request) -> Response:
     found = _admin_or_response(request)
     if isinstance(found, Response):
         return found
-    providers = twofold_of(request).admin.identity_providers(found, _org(found))
-    return _console(request, found, "admin/identity_providers.html", "identity_providers", {"providers": providers})
+    return _providers_page(request, found)
+
+
+def _providers_page(
+    request: Request,
+    principal: Principal,
+    *,
+    created: Any = None,
+    error: str | None = None,
+    form: dict[str, str] | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    twofold = twofold_of(request)
+    providers = twofold.admin.identity_providers(principal, _org(principal))
+    external = {view.provider.id: view for view in twofold.identity_providers.list_external(principal, _org(principal))}
+    return _console(
+        request,
+        principal,
+        "admin/identity_providers.html",
+        "identity_providers",
+        {"providers": providers, "external": external, "created": created, "error": error, "form": form or {}},
+        status=status,
+    )
+
+
+@router.post("/identity-providers", response_class=HTMLResponse)
+async def create_identity_provider(request: Request) -> Response:
+    """ "Add OpenID Connect provider": the redirect URI to register at the provider is shown once it exists."""
+    found = await _admin_form(request)
+    if isinstance(found, Response):
+        return found
+    principal, form = found
+    domains = [d.strip() for d in form.get("allowed_email_domains", "").replace(",", " ").split() if d.strip()]
+    body: dict[str, Any] = {
+        "type": "oidc",
+        "name": form.get("name", "")[:256],
+        "issuer": form.get("issuer", "").strip()[:600],
+        "client_id": form.get("client_id", "").strip()[:300],
+        "client_secret": form.get("client_secret", "")[:1100],
+        "allowed_email_domains": domains[:60],
+        "require_mfa": bool(form.get("require_mfa")),
+    }
+    try:
+        view = twofold_of(request).identity_providers.create(principal, _org(principal), body, request_context(request))
+    except StepUpRequired:
+        return _needs_step_up(request, principal, form, "/admin/identity-providers")
+    except TwofoldError as error:
+        safe_form = {k: v for k, v in form.items() if k != "client_secret"}
+        return _providers_page(request, principal, error=error.detail, form=safe_form, status=error.status)
+    return _providers_page(request, principal, created=view)
+
+
+@router.post("/identity-providers/{provider_id}/delete", response_class=HTMLResponse)
+async def delete_identity_provider(request: Request, provider_id: str) -> Response:
+    found = await _admin_form(request)
+    if isinstance(found, Response):
+        return found
+    principal, form = found
+    try:
+        twofold_of(request).identity_providers.delete(
+            principal, _org(principal), provider_id[:64], request_context(request)
+        )
+    except StepUpRequired:
+        return _needs_step_up(request, principal, form, "/admin/identity-providers")
+    except TwofoldError as error:
+        return _providers_page(request, principal, error=error.detail, status=error.status)
+    return RedirectResponse("/admin/identity-providers", status_code=303)
 
 
 def _exempt_page(

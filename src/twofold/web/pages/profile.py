@@ -80,7 +80,7 @@ def safe_next(target: str | None, default: str = "/") -> str:
 
 def manages_methods(principal: Principal) -> bool:
     """Exempt sessions (password only) and SSO users (MFA at their provider) have no local methods."""
-    return principal.session is not None and "mfa" in principal.session.amr and not principal.user.is_federated
+    return principal.session is not None and principal.session.mfa_verified and not principal.user.is_federated
 
 
 def step_up_is_fresh(request: Request, principal: Principal) -> bool:

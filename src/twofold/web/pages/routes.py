@@ -119,20 +119,6 @@ def login_page(request: Request, signed_out: str | None = None, expired: str | N
     return render(request, "login.html", {"notice": notice, "username": ""})
 
 
-@router.get("/login/sso", response_class=HTMLResponse)
-def sso_page(request: Request) -> Response:
-    return render(
-        request,
-        "message.html",
-        {
-            "title": "Sign in with SSO",
-            "message": "No single sign-on provider is configured here yet. Sign in with your username and password.",
-            "back": "/login",
-            "back_label": "Back to sign in",
-        },
-    )
-
-
 @router.post("/login", response_class=HTMLResponse)
 async def login_submit(request: Request) -> Response:
     try:

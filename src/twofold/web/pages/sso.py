@@ -1,0 +1,132 @@
+"""Single sign-on pages (API.md "Single sign-on"; R2): finding the provider, the round trip, the session.
+
+``/login/sso`` asks for the organization or a work email address and lists the providers that fit;
+``/login/sso/{idp_id}`` sends the browser to the provider with a pending sign-in bound to a cookie of this
+browser; ``/sso/oidc/{idp_id}/callback`` finishes it and lands on ``/``, which resumes an application's
+``/oauth2/authorize`` request if one was waiting. Every refusal is a page that says what happened, in words.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from twofold.domain.errors import Forbidden
+from twofold.services.sso import SSO_REQUEST_LIFETIME, SsoRefused
+
+from ..deps import LOGIN_COOKIE, SESSION_COOKIE, request_context
+from .common import clear_cookie, csrf_refused, read_form, render, seconds_until, set_cookie, twofold_of
+
+router = APIRouter(include_in_schema=False)
+
+#: Binds a pending upstream sign-in to the browser that started it. SameSite=Lax suffices for OpenID
+#: Connect: the provider sends the browser back with a top-level GET, which carries Lax cookies.
+SSO_COOKIE = "__Host-twofold_sso"
+
+
+def _page(request: Request, *, organization: str = "", email: str = "", choices: list | None = None,
+          error: str | None = None, status: int = 200) -> HTMLResponse:  # fmt: skip
+    return render(
+        request,
+        "sso.html",
+        {"organization": organization, "email": email, "choices": choices, "error": error},
+        status=status,
+    )
+
+
+@router.get("/login/sso", response_class=HTMLResponse)
+def sso_page(request: Request) -> Response:
+    return _page(request)
+
+
+@router.post("/login/sso", response_class=HTMLResponse)
+async def sso_find(request: Request) -> Response:
+    """The providers of an organization (by its name) or of a work email's domain."""
+    try:
+        form = await read_form(request)
+    except Forbidden as error:
+        return csrf_refused(request, error)
+    organization = form.get("organization", "").strip()[:200]
+    email = form.get("email", "").strip()[:254]
+    if not organization and not email:
+        return _page(request, error="Enter your organization or your work email address.", status=422)
+    choices = twofold_of(request).sso.providers_for(organization=organization, email=email)
+    if len(choices) == 1:
+        # A page that moves on by itself, not a 303: redirects that follow a form POST are held to the CSP
+        # ``form-action 'self'`` of the form's page, and this chain goes on to the provider's site.
+        target = f"/login/sso/{choices[0].id}"
+        response = render(
+            request,
+            "message.html",
+            {
+                "title": "Sign in with SSO",
+                "message": f"Continuing to {choices[0].name}.",
+                "back": target,
+                "back_label": "Continue",
+            },
+        )
+        response.headers["Refresh"] = f"0; url={target}"
+        return response
+    if not choices:
+        return _page(
+            request,
+            organization=organization,
+            email=email,
+            error="No single sign-on provider was found for that. Check the spelling, or sign in with your "
+            "username and password.",
+            status=404,
+        )
+    return _page(request, organization=organization, email=email, choices=choices)
+
+
+@router.get("/login/sso/{provider_id}")
+def sso_start(request: Request, provider_id: str) -> Response:
+    try:
+        started = twofold_of(request).sso.start(provider_id[:64], request_context(request))
+    except SsoRefused as refused:
+        return _refused(request, refused, status=404)
+    response = RedirectResponse(started.redirect_url, status_code=303)
+    set_cookie(response, SSO_COOKIE, started.browser_secret, max_age=int(SSO_REQUEST_LIFETIME.total_seconds()))
+    return response
+
+
+@router.get("/sso/oidc/{provider_id}/callback")
+def sso_oidc_callback(
+    request: Request,
+    provider_id: str,
+    state: str | None = None,
+    code: str | None = None,
+    error: str | None = None,
+) -> Response:
+    try:
+        issued = twofold_of(request).sso.finish_oidc(
+            provider_id[:64],
+            state=state,
+            code=code,
+            error=error,
+            browser_secret=request.cookies.get(SSO_COOKIE),
+            context=request_context(request),
+        )
+    except SsoRefused as refused:
+        response: Response = _refused(request, refused, status=403)
+        clear_cookie(response, SSO_COOKIE)
+        return response
+    response = RedirectResponse("/", status_code=303)
+    set_cookie(response, SESSION_COOKIE, issued.token, max_age=seconds_until(issued.session.expires_at))
+    clear_cookie(response, SSO_COOKIE)
+    clear_cookie(response, LOGIN_COOKIE)
+    return response
+
+
+def _refused(request: Request, refused: SsoRefused, *, status: int) -> HTMLResponse:
+    return render(
+        request,
+        "message.html",
+        {
+            "title": "Single sign-on did not complete",
+            "message": refused.message,
+            "back": "/login/sso",
+            "back_label": "Back to sign in with SSO",
+        },
+        status=status,
+    )
