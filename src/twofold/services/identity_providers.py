@@ -278,7 +278,7 @@ class IdentityProviderService:
                 organization_id=organization.root_id,
                 actor_id=principal.user_id,
                 ip=context.ip,
-                details={"identity_provider_id": provider.id, "changed": [c for c in changed if c != "client_secret"]},
+                details={"identity_provider_id": provider.id, "changed": changed},  # names only, never a value
             )
             return self._view(uow, provider)
 

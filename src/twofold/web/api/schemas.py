@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
 from twofold.domain.clock import rfc3339
 
@@ -246,9 +246,9 @@ class ClaimMapping(Body):
 class IdentityProviderOptions(Body):
     scopes: Annotated[list[str], Field(min_length=1, max_length=50)] | None = None
     claim_mapping: ClaimMapping | None = None
-    jit_provisioning: bool | None = None
+    jit_provisioning: StrictBool | None = None
     allowed_email_domains: Annotated[list[str], Field(max_length=50)] | None = None
-    require_mfa: bool | None = None
+    require_mfa: StrictBool | None = None
     accepted_amr: Annotated[list[str], Field(min_length=1, max_length=50)] | None = None
     accepted_authn_contexts: Annotated[list[str], Field(min_length=1, max_length=50)] | None = None
 
