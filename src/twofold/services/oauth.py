@@ -420,11 +420,7 @@ class OAuthService:
     ) -> dict[str, Any]:
         kid, key = self.keys.current()
         granted = client.get_allowed_scope(scope)
-        # iat has whole seconds, and a token with iat before tokens_valid_after is refused: one granted in the
-        # very second of a revocation (after it) is dated from the next second, or it would be dead on issue.
-        now, revoked = utcnow(), as_utc(client.app.tokens_valid_after)
-        if now.replace(microsecond=0) < revoked:
-            now = revoked.replace(microsecond=0) + timedelta(seconds=1 if revoked.microsecond else 0)
+        now = _issue_moment(client.app)
         issued = access_tokens.issue(
             key,
             kid,
@@ -707,11 +703,12 @@ class OAuthService:
         grant = getattr(request, "twofold_grant", None)
         assert isinstance(grant, IssuedCode | HeldRefreshToken)
         record = grant.record
-        granted = scope or record.scope
+        # Never a scope the app no longer holds (an app narrowed since the code or refresh token was issued).
+        granted = " ".join(s for s in (scope or record.scope).split() if s in set(client.app.scopes))
         auth_time = int(as_utc(record.auth_time).timestamp())
         session_id = record.session_id
         kid, key = self.keys.current()
-        now = utcnow()
+        now = _issue_moment(client.app)
         user_claims = {"auth_time": auth_time, "acr": record.acr, "amr": list(record.amr)}
         if session_id:
             user_claims["sid"] = session_id
@@ -793,7 +790,7 @@ class OAuthService:
             claims["nonce"] = record.nonce
         if record.session_id:
             claims["sid"] = record.session_id
-        scopes = set(record.scope.split())
+        scopes = set(record.scope.split()) & set(client.app.scopes)  # not what the app has lost since
         if "profile" in scopes:
             claims["preferred_username"] = user.username
             if user.display_name:
@@ -864,8 +861,16 @@ class OAuthService:
             alive = record is not None and (
                 record.session_id is None or self._session_alive(uow, record.session_id, now)
             )
+            # As at the token endpoint: the user's consent still holds, for scopes the app still has.
+            consented = (
+                record is not None
+                and app is not None
+                and _consent_holds(uow, app, record.user_id, record.scope)
+                and set(record.scope.split()) <= set(app.scopes)
+            )
         if (
             not alive
+            or not consented
             or record is None
             or app is None
             or not app.enabled
@@ -920,8 +925,8 @@ class OAuthService:
         except Exception:
             return None, None
         claims = decoded.claims
-        if claims.get("iss") != self.issuer:
-            return None, None
+        if claims.get("iss") != self.issuer or decoded.header.get("typ") == access_tokens.TOKEN_TYPE:
+            return None, None  # an access token is not an ID token, whoever holds it
         with self.uow(read_only=True) as uow:
             app = uow.connected_apps.by_client_id(str(claims.get("aud")))
         target = post_logout_redirect_uri if app and post_logout_redirect_uri in app.redirect_uris else None
@@ -985,6 +990,15 @@ class OAuthService:
             raise Unauthenticated("this token was revoked")
         scopes = frozenset(str(claims.get("scope") or "").split()) & frozenset(app.scopes)
         return AppPrincipal(app=app, scopes=scopes)
+
+
+def _issue_moment(app: ConnectedApp) -> datetime:
+    """iat has whole seconds, and a token with iat before the app's tokens_valid_after is refused: one issued in
+    the very second of a revocation (after it) is dated from the next second, or it would be dead on issue."""
+    now, revoked = utcnow(), as_utc(app.tokens_valid_after)
+    if now.replace(microsecond=0) < revoked:
+        now = revoked.replace(microsecond=0) + timedelta(seconds=1 if revoked.microsecond else 0)
+    return now
 
 
 def _consent_holds(uow: UnitOfWork, app: ConnectedApp, user_id: str, scope: str, *, lock: bool = False) -> bool:
