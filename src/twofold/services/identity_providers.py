@@ -1,4 +1,4 @@
-"""An organization's external identity providers (R2; API.md "identity-providers"): OpenID Connect now.
+"""An organization's external identity providers (R2; API.md "identity-providers"): OpenID Connect and SAML 2.0.
 
 A provider's settings are sealed at rest as one JSON document (they hold the client secret or the private key
 for ``private_key_jwt``); the row keeps the issuer in clear. Creating an OIDC provider reads its discovery
@@ -25,7 +25,7 @@ from twofold.domain.entities import IdentityProvider, IdentityProviderType
 from twofold.domain.errors import Conflict, NotFound, ValidationFailed
 from twofold.domain.ports import Sealer, UnitOfWork, UnitOfWorkFactory
 from twofold.domain.rules import clean_display_name
-from twofold.sso import mfa, oidc
+from twofold.sso import mfa, oidc, saml
 
 from . import audit
 from .admin import AdminService
@@ -66,12 +66,48 @@ class OidcSettings:
         return {"keys": [public]}
 
 
+SAML_ATTRIBUTES = {"username": "uid", "email": "mail", "name": "displayName"}
+
+
+@dataclass
+class SamlSettings:
+    """A SAML 2.0 provider: its metadata (and where it came from), our key for signing requests, the policy."""
+
+    idp_entity_id: str
+    idp_metadata_xml: str
+    sp_key_pem: str
+    sp_cert_pem: str
+    metadata_url: str | None = None
+    claims: dict[str, str] = field(default_factory=lambda: dict(SAML_ATTRIBUTES))
+    jit_provisioning: bool = True
+    allowed_email_domains: list[str] = field(default_factory=list)
+    require_mfa: bool = True
+    accepted_authn_contexts: list[str] = field(default_factory=lambda: list(mfa.DEFAULT_ACCEPTED_AUTHN_CONTEXTS))
+
+
+ProviderSettings = OidcSettings | SamlSettings
+
+
+def service_provider(public_url: str, provider_id: str, settings: SamlSettings) -> saml.ServiceProvider:
+    base = f"{public_url}/sso/saml/{provider_id}"
+    return saml.ServiceProvider(f"{base}/metadata", f"{base}/acs", settings.sp_key_pem, settings.sp_cert_pem)
+
+
 @dataclass(frozen=True)
 class ProviderView:
     provider: IdentityProvider
     oidc: OidcSettings | None
     public_url: str
     users: int = 0
+    saml: SamlSettings | None = None
+
+    @property
+    def acs_url(self) -> str:
+        return f"{self.public_url}/sso/saml/{self.provider.id}/acs"
+
+    @property
+    def sp_metadata_url(self) -> str:
+        return f"{self.public_url}/sso/saml/{self.provider.id}/metadata"
 
     @property
     def login_url(self) -> str:
@@ -93,7 +129,20 @@ def open_oidc_settings(sealer: Sealer, provider: IdentityProvider) -> OidcSettin
     return OidcSettings(**values)
 
 
-def seal_settings(sealer: Sealer, provider_id: str, settings: OidcSettings) -> str:
+def open_saml_settings(sealer: Sealer, provider: IdentityProvider) -> SamlSettings:
+    if provider.type != IdentityProviderType.SAML.value or not provider.settings_encrypted:
+        raise NotFound("no such SAML provider")
+    values = json.loads(sealer.open(provider.settings_encrypted, context=settings_context(provider.id)))
+    return SamlSettings(**values)
+
+
+def open_settings(sealer: Sealer, provider: IdentityProvider) -> ProviderSettings:
+    if provider.type == IdentityProviderType.SAML.value:
+        return open_saml_settings(sealer, provider)
+    return open_oidc_settings(sealer, provider)
+
+
+def seal_settings(sealer: Sealer, provider_id: str, settings: ProviderSettings) -> str:
     return sealer.seal(json.dumps(settings.__dict__).encode(), context=settings_context(provider_id))
 
 
@@ -135,10 +184,10 @@ def _domains(value: Any) -> list[str]:
     return domains
 
 
-def _claims(value: Any) -> dict[str, str]:
-    if not isinstance(value, Mapping) or not set(value) <= set(DEFAULT_CLAIMS):
-        raise ValidationFailed("claim_mapping may name claims for username, email and name")
-    claims = dict(DEFAULT_CLAIMS)
+def _claims(value: Any, defaults: Mapping[str, str]) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not set(value) <= set(defaults):
+        raise ValidationFailed("claim_mapping may name claims (SAML: attributes) for username, email and name")
+    claims = dict(defaults)
     for key, claim in value.items():
         if not isinstance(claim, str) or not 1 <= len(claim) <= 100 or not claim.isprintable():
             raise ValidationFailed("claim_mapping values must be claim names")
@@ -163,9 +212,14 @@ class IdentityProviderService:
         self.http = http
 
     def _view(self, uow: UnitOfWork, provider: IdentityProvider) -> ProviderView:
-        is_oidc = provider.type == IdentityProviderType.OIDC.value
-        settings = open_oidc_settings(self.sealer, provider) if is_oidc else None
-        return ProviderView(provider, settings, self.settings.public_url, uow.users.count_for_provider(provider.id))
+        settings = open_settings(self.sealer, provider)
+        return ProviderView(
+            provider,
+            settings if isinstance(settings, OidcSettings) else None,
+            self.settings.public_url,
+            uow.users.count_for_provider(provider.id),
+            saml=settings if isinstance(settings, SamlSettings) else None,
+        )
 
     def _external_in(self, uow: UnitOfWork, organization_id: str, provider_id: str) -> IdentityProvider:
         provider = uow.identity_providers.get(provider_id) if isinstance(provider_id, str) else None
@@ -192,7 +246,7 @@ class IdentityProviderService:
     ) -> ProviderView:
         kind = body.get("type")
         if kind == IdentityProviderType.SAML.value:
-            raise ValidationFailed("SAML 2.0 providers are not offered by this server yet; use type oidc")
+            return self._create_saml(principal, organization_id, body, context)
         if kind != IdentityProviderType.OIDC.value:
             raise ValidationFailed("type must be 'oidc' or 'saml'")
         name = clean_display_name(str(body.get("name") or ""), field="name", maximum=200)
@@ -245,16 +299,98 @@ class IdentityProviderService:
             uow.flush()
             return self._view(uow, provider)
 
+    def _create_saml(
+        self, principal: Actor, organization_id: str, body: Mapping[str, Any], context: RequestContext
+    ) -> ProviderView:
+        name = clean_display_name(str(body.get("name") or ""), field="name", maximum=200)
+        for field_name in ("issuer", "client_id", "client_secret", "scopes", "accepted_amr"):
+            if body.get(field_name) is not None:
+                raise ValidationFailed(f"{field_name} is for OpenID Connect providers")
+        with self.uow(read_only=True) as uow:  # who may add one is settled before any URL is fetched
+            self.admin.authorize(uow, principal, organization_id, SCOPE, step_up=True)
+        metadata_xml, metadata_url = self._saml_metadata(body)
+        try:
+            entity_id = saml.idp_entity_id(metadata_xml)
+        except saml.SamlError as error:
+            raise ValidationFailed(f"the provider's metadata cannot be used: {error}") from None
+        key_pem, cert_pem = saml.new_key_pair("Twofold")
+        settings = SamlSettings(
+            idp_entity_id=entity_id,
+            idp_metadata_xml=metadata_xml,
+            sp_key_pem=key_pem,
+            sp_cert_pem=cert_pem,
+            metadata_url=metadata_url,
+        )
+        self._apply_options(settings, body)
+        with self.uow() as uow:
+            organization = self.admin.authorize(uow, principal, organization_id, SCOPE, step_up=True)
+            provider = IdentityProvider(
+                organization_id=organization.root_id, type=IdentityProviderType.SAML.value, name=name, issuer=entity_id
+            )
+            provider.settings_encrypted = seal_settings(self.sealer, provider.id, settings)
+            uow.identity_providers.add(provider)
+            audit.record(
+                uow,
+                "identity_provider.created",
+                organization_id=organization.root_id,
+                actor_id=principal.user_id,
+                ip=context.ip,
+                details={"identity_provider_id": provider.id, "type": provider.type, "name": name, "issuer": entity_id},
+            )
+            uow.flush()
+            return self._view(uow, provider)
+
+    def _saml_metadata(self, body: Mapping[str, Any]) -> tuple[str, str | None]:
+        """The provider's metadata, given inline or fetched from its URL (https, or http on loopback)."""
+        xml, url = body.get("metadata_xml"), body.get("metadata_url")
+        if (xml is None) == (url is None):
+            raise ValidationFailed("give the provider's metadata as metadata_xml or as metadata_url (one of them)")
+        if xml is not None:
+            if not isinstance(xml, str) or not 1 <= len(xml) <= 1_000_000:
+                raise ValidationFailed("metadata_xml must be the provider's metadata document (at most 1 MB)")
+            return xml, None
+        url = check_issuer(url) if isinstance(url, str) else check_issuer(None)
+        try:
+            with self.http() as http:
+                response = http.get(url, timeout=10.0)
+        except httpx.HTTPError as error:
+            raise ValidationFailed(f"the metadata at {url} could not be fetched ({error.__class__.__name__})") from None
+        if response.status_code != 200 or len(response.content) > 1_000_000:
+            raise ValidationFailed(f"the metadata at {url} answered HTTP {response.status_code}")
+        return response.text, url
+
     def update(
         self, principal: Actor, organization_id: str, provider_id: str, body: Mapping[str, Any], context: RequestContext
     ) -> ProviderView:
         with self.uow() as uow:
             organization = self.admin.authorize(uow, principal, organization_id, SCOPE, step_up=True)
             provider = self._external_in(uow, organization.root_id, provider_id)
-            settings = open_oidc_settings(self.sealer, provider)
+            settings = open_settings(self.sealer, provider)
             changed = sorted(k for k in body if body.get(k) is not None)
             if body.get("name") is not None:
                 provider.name = clean_display_name(str(body["name"]), field="name", maximum=200)
+            if isinstance(settings, SamlSettings):
+                if body.get("metadata_xml") is not None:
+                    try:
+                        settings.idp_entity_id = saml.idp_entity_id(body["metadata_xml"])
+                    except saml.SamlError as error:
+                        raise ValidationFailed(f"the provider's metadata cannot be used: {error}") from None
+                    settings.idp_metadata_xml, settings.metadata_url = body["metadata_xml"], None
+                    provider.issuer = settings.idp_entity_id
+                unknown = set(body) - {"name", "metadata_xml", *self.OPTIONS}
+                if unknown:
+                    raise ValidationFailed(f"these cannot be changed: {', '.join(sorted(unknown))}")
+                self._apply_options(settings, body)
+                provider.settings_encrypted = seal_settings(self.sealer, provider.id, settings)
+                audit.record(
+                    uow,
+                    "identity_provider.updated",
+                    organization_id=organization.root_id,
+                    actor_id=principal.user_id,
+                    ip=context.ip,
+                    details={"identity_provider_id": provider.id, "changed": changed},
+                )
+                return self._view(uow, provider)
             if body.get("client_id") is not None:
                 client_id = body["client_id"]
                 if not isinstance(client_id, str) or not 1 <= len(client_id) <= 255 or not client_id.isprintable():
@@ -306,17 +442,29 @@ class IdentityProviderService:
         "allowed_email_domains",
         "require_mfa",
         "accepted_amr",
+        "accepted_authn_contexts",
     )
 
     @staticmethod
-    def _apply_options(settings: OidcSettings, body: Mapping[str, Any]) -> OidcSettings:
+    def _apply_options(settings: Any, body: Mapping[str, Any]) -> Any:
+        is_saml = isinstance(settings, SamlSettings)
+        for only_oidc in ("scopes", "accepted_amr"):
+            if is_saml and body.get(only_oidc) is not None:
+                raise ValidationFailed(f"{only_oidc} is for OpenID Connect providers")
+        if not is_saml and body.get("accepted_authn_contexts") is not None:
+            raise ValidationFailed("accepted_authn_contexts is for SAML providers")
+        if body.get("accepted_authn_contexts") is not None:
+            contexts = _string_list(body["accepted_authn_contexts"], "accepted_authn_contexts", item_max=255)
+            if not contexts:
+                raise ValidationFailed("accepted_authn_contexts must name at least one AuthnContextClassRef")
+            settings.accepted_authn_contexts = contexts
         if body.get("scopes") is not None:
             scopes = _string_list(body["scopes"], "scopes", item_max=100)
             if "openid" not in scopes or any(" " in s for s in scopes):
                 raise ValidationFailed("scopes must include openid (and no spaces within a scope)")
             settings.scopes = scopes
         if body.get("claim_mapping") is not None:
-            settings.claims = _claims(body["claim_mapping"])
+            settings.claims = _claims(body["claim_mapping"], SAML_ATTRIBUTES if is_saml else DEFAULT_CLAIMS)
         for flag in ("jit_provisioning", "require_mfa"):
             if body.get(flag) is not None:
                 if not isinstance(body[flag], bool):

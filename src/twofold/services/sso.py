@@ -29,12 +29,19 @@ from twofold.domain.entities import IdentityProvider, IdentityProviderType, SsoR
 from twofold.domain.errors import ValidationFailed
 from twofold.domain.ports import Sealer, UnitOfWork, UnitOfWorkFactory
 from twofold.domain.rules import USERNAME_MAX, clean_display_name, clean_username, username_key
-from twofold.sso import mfa, oidc
+from twofold.sso import mfa, oidc, saml
 
 from . import audit
 from .context import RequestContext
 from .crypto import hash_token
-from .identity_providers import OidcSettings, open_oidc_settings
+from .identity_providers import (
+    OidcSettings,
+    ProviderSettings,
+    open_oidc_settings,
+    open_saml_settings,
+    open_settings,
+    service_provider,
+)
 from .sessions import IssuedSession, SessionService, UpstreamAuthentication
 
 logger = logging.getLogger("twofold.sso")
@@ -99,11 +106,7 @@ class SsoService:
                 if org is None:
                     continue
                 by_name = bool(wanted_org) and org.name.casefold() == wanted_org
-                by_domain = (
-                    bool(domain)
-                    and provider.type == IdentityProviderType.OIDC.value
-                    and domain in open_oidc_settings(self.sealer, provider).allowed_email_domains
-                )
+                by_domain = bool(domain) and domain in open_settings(self.sealer, provider).allowed_email_domains
                 if by_name or by_domain:
                     choices.append(ProviderChoice(provider.id, provider.name, org.name))
         return choices
@@ -111,6 +114,10 @@ class SsoService:
     # -- OpenID Connect ---------------------------------------------------------------------------------
 
     def start(self, provider_id: str, context: RequestContext) -> StartedSignIn:
+        with self.uow(read_only=True) as uow:
+            found = uow.identity_providers.get(provider_id) if isinstance(provider_id, str) else None
+        if found is not None and found.type == IdentityProviderType.SAML.value:
+            return self._start_saml(found)
         now = utcnow()
         with self.uow() as uow:
             provider, settings = self._oidc_provider(uow, provider_id)
@@ -211,10 +218,23 @@ class SsoService:
             )
         auth_time = claims.get("auth_time")
         upstream = UpstreamAuthentication(
-            acr=str(claims.get("acr") or "0")[:64],
+            acr=str(claims.get("acr") or "0")[:255],
             auth_time=datetime.fromtimestamp(auth_time, UTC) if isinstance(auth_time, int | float) else now,
             mfa_verified=shows_mfa,
         )
+        return self._signed_in(provider, settings, claims, amr=amr, upstream=upstream, now=now, context=context)
+
+    def _signed_in(
+        self,
+        provider: IdentityProvider,
+        settings: ProviderSettings,
+        claims: dict[str, Any],
+        *,
+        amr: list[str],
+        upstream: UpstreamAuthentication,
+        now: datetime,
+        context: RequestContext,
+    ) -> IssuedSession:
         with self.uow() as uow:
             user = self._federated_user(uow, provider, settings, claims, context)
             issued = self.sessions.issue(uow, user, amr=amr, now=now, context=context, upstream=upstream)
@@ -226,9 +246,122 @@ class SsoService:
                 subject_id=user.id,
                 actor_id=user.id,
                 ip=context.ip,
-                details={"amr": amr, "method": "sso", "identity_provider_id": provider.id, "acr": upstream.acr},
+                details={
+                    "amr": amr,
+                    "method": "sso",
+                    "protocol": provider.type,
+                    "identity_provider_id": provider.id,
+                    "acr": upstream.acr,
+                },
             )
         return issued
+
+    # -- SAML 2.0 ------------------------------------------------------------------------------------------
+
+    def _start_saml(self, provider: IdentityProvider) -> StartedSignIn:
+        """A signed AuthnRequest asking for MFA; RelayState carries the key of the pending sign-in. No browser
+        cookie: the answer is a cross-site POST, which a SameSite=Lax cookie does not ride on, so the pending
+        sign-in is found by RelayState and checked by InResponseTo, both single-use."""
+        settings = open_saml_settings(self.sealer, provider)
+        relay = secrets.token_urlsafe(32)
+        try:
+            request_id, url = saml.authn_request(
+                service_provider(self.settings.public_url, provider.id, settings),
+                settings.idp_metadata_xml,
+                idp_entity=settings.idp_entity_id,
+                relay_state=relay,
+                mfa_classes=settings.accepted_authn_contexts if settings.require_mfa else [],
+            )
+        except saml.SamlError as failure:
+            logger.warning("SAML request for %s failed: %s", provider.issuer, failure)
+            raise SsoRefused("invalid_response", f"{provider.name} cannot be reached for sign-in right now.") from None
+        now = utcnow()
+        with self.uow() as uow:
+            uow.sso_requests.add(
+                SsoRequest(
+                    state_hash=hash_token(relay),
+                    identity_provider_id=provider.id,
+                    nonce="-",  # SAML has none; InResponseTo binds the answer
+                    saml_request_id=request_id,
+                    expires_at=now + SSO_REQUEST_LIFETIME,
+                    created_at=now,
+                )
+            )
+        return StartedSignIn(url, "")
+
+    def saml_metadata(self, provider_id: str) -> str | None:
+        with self.uow(read_only=True) as uow:
+            provider = uow.identity_providers.get(provider_id) if isinstance(provider_id, str) else None
+        if provider is None or provider.type != IdentityProviderType.SAML.value:
+            return None
+        settings = open_saml_settings(self.sealer, provider)
+        return saml.sp_metadata(service_provider(self.settings.public_url, provider.id, settings))
+
+    def finish_saml(
+        self, provider_id: str, *, saml_response: str | None, relay_state: str | None, context: RequestContext
+    ) -> IssuedSession:
+        now = utcnow()
+        if not isinstance(relay_state, str) or not 20 <= len(relay_state) <= 200 or not saml_response:
+            with self.uow() as uow:
+                self._refusal_at(uow, provider_id, "no_state", context)
+            raise SsoRefused("no_state", "This sign-in answer is incomplete. Start the sign-in again.")
+        state_hash = hash_token(relay_state)
+        with self.uow() as uow:
+            request = uow.sso_requests.by_state_hash(state_hash)
+            if request is None or request.identity_provider_id != provider_id or request.saml_request_id is None:
+                self._refusal_at(uow, provider_id, "unknown_state", context)
+                raise SsoRefused("unknown_state", "This sign-in is unknown here. Start the sign-in again.")
+            provider = uow.identity_providers.get(provider_id)
+            assert provider is not None  # the request's foreign key
+            settings = open_saml_settings(self.sealer, provider)
+            if not uow.sso_requests.use(state_hash, now=now):
+                self._refusal(uow, provider, "used_or_expired", context)
+                raise SsoRefused(
+                    "used_or_expired", "This sign-in has already been used or has expired. Start it again."
+                )
+            request_id = request.saml_request_id
+        try:
+            assertion = saml.parse_response(
+                service_provider(self.settings.public_url, provider.id, settings),
+                settings.idp_metadata_xml,
+                saml_response,
+                request_id=request_id,
+                idp_entity=settings.idp_entity_id,
+            )
+        except saml.SamlError as failure:
+            logger.warning("SAML response from %s refused: %s", provider.issuer, failure)
+            with self.uow() as uow:
+                self._refusal(uow, provider, "invalid_response", context, detail=str(failure))
+            raise SsoRefused("invalid_response", f"{provider.name} answered in a way that cannot be trusted.") from None
+        with self.uow() as uow:
+            # An assertion is accepted once, in any process, until it would have expired anyway (SAML Profiles
+            # §4.1.4.5); its request was single-use too, so this is the second lock on the same door.
+            lifetime = max(assertion.not_on_or_after, now.timestamp() + 300)
+            if not uow.device_request_ids.remember(
+                hash_token(f"saml-assertion:{provider.id}:{assertion.assertion_id}"),
+                expires_at=datetime.fromtimestamp(lifetime, UTC),
+            ):
+                self._refusal(uow, provider, "replayed", context)
+                raise SsoRefused("replayed", "This sign-in answer was already used. Start the sign-in again.")
+        shows_mfa = mfa.authn_context_shows_mfa(assertion.class_ref, accepted=settings.accepted_authn_contexts)
+        if settings.require_mfa and not shows_mfa:
+            with self.uow() as uow:
+                self._refusal(
+                    uow, provider, "mfa_missing", context, subject=assertion.subject, authn_context=assertion.class_ref
+                )
+            raise SsoRefused(
+                "mfa_missing",
+                f"{provider.name} signed you in without multi-factor authentication, which this organization "
+                f"requires. Sign in at {provider.name} with a second factor, then try again.",
+            )
+        claims: dict[str, Any] = {name: values[0] for name, values in assertion.attributes.items() if values}
+        claims["sub"] = assertion.subject
+        upstream = UpstreamAuthentication(
+            acr=(assertion.class_ref or "0")[:255],
+            auth_time=assertion.authn_instant or now,
+            mfa_verified=shows_mfa,
+        )
+        return self._signed_in(provider, settings, claims, amr=[], upstream=upstream, now=now, context=context)
 
     # -- parts -------------------------------------------------------------------------------------------
 
@@ -270,7 +403,7 @@ class SsoService:
         self,
         uow: UnitOfWork,
         provider: IdentityProvider,
-        settings: OidcSettings,
+        settings: ProviderSettings,
         claims: dict[str, Any],
         context: RequestContext,
     ) -> User:
@@ -323,7 +456,7 @@ class SsoService:
         return user
 
     @staticmethod
-    def _wanted_username(settings: OidcSettings, claims: dict[str, Any], email: str | None, subject: str) -> str:
+    def _wanted_username(settings: ProviderSettings, claims: dict[str, Any], email: str | None, subject: str) -> str:
         for candidate in (claims.get(settings.claims["username"]), email, subject):
             if isinstance(candidate, str):
                 try:

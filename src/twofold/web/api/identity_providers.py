@@ -27,6 +27,20 @@ def provider_body(view: ProviderView) -> dict[str, Any]:
         "users": view.users,
         "created_at": provider.created_at.isoformat(),
     }
+    if view.saml is not None:
+        body.update(
+            {
+                "acs_url": view.acs_url,
+                "sp_metadata_url": view.sp_metadata_url,
+                "sp_entity_id": view.sp_metadata_url,
+                "metadata_url": view.saml.metadata_url,
+                "claim_mapping": view.saml.claims,
+                "jit_provisioning": view.saml.jit_provisioning,
+                "allowed_email_domains": view.saml.allowed_email_domains,
+                "require_mfa": view.saml.require_mfa,
+                "accepted_authn_contexts": view.saml.accepted_authn_contexts,
+            }
+        )
     if settings is not None:
         body.update(
             {
@@ -45,7 +59,7 @@ def provider_body(view: ProviderView) -> dict[str, Any]:
     return body
 
 
-@router.post("", status_code=201, summary="Add an external identity provider (OpenID Connect) ★")
+@router.post("", status_code=201, summary="Add an external identity provider (OpenID Connect or SAML 2.0) ★")
 def create_identity_provider(
     org: str, body: IdentityProviderBody, principal: CurrentActor, twofold: App, context: Context
 ) -> JSONResponse:

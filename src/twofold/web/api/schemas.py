@@ -269,4 +269,5 @@ class IdentityProviderBody(IdentityProviderOptions):
 class IdentityProviderUpdateBody(IdentityProviderOptions):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     client_id: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+    metadata_xml: Annotated[str, StringConstraints(min_length=1, max_length=1_000_000)] | None = None
     client_secret: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = None

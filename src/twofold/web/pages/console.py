@@ -276,14 +276,17 @@ async def create_identity_provider(request: Request) -> Response:
     principal, form = found
     domains = [d.strip() for d in form.get("allowed_email_domains", "").replace(",", " ").split() if d.strip()]
     body: dict[str, Any] = {
-        "type": "oidc",
+        "type": "saml" if form.get("type") == "saml" else "oidc",
         "name": form.get("name", "")[:256],
-        "issuer": form.get("issuer", "").strip()[:600],
-        "client_id": form.get("client_id", "").strip()[:300],
-        "client_secret": form.get("client_secret", "")[:1100],
         "allowed_email_domains": domains[:60],
         "require_mfa": bool(form.get("require_mfa")),
     }
+    if body["type"] == "saml":
+        body["metadata_xml"] = form.get("metadata_xml", "")[:1_000_001] or None
+    else:
+        body["issuer"] = form.get("issuer", "").strip()[:600]
+        body["client_id"] = form.get("client_id", "").strip()[:300]
+        body["client_secret"] = form.get("client_secret", "")[:1100]
     try:
         view = twofold_of(request).identity_providers.create(principal, _org(principal), body, request_context(request))
     except StepUpRequired:

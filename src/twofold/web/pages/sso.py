@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from twofold.domain.errors import Forbidden
 from twofold.services.sso import SSO_REQUEST_LIFETIME, SsoRefused
@@ -86,7 +87,8 @@ def sso_start(request: Request, provider_id: str) -> Response:
     except SsoRefused as refused:
         return _refused(request, refused, status=404)
     response = RedirectResponse(started.redirect_url, status_code=303)
-    set_cookie(response, SSO_COOKIE, started.browser_secret, max_age=int(SSO_REQUEST_LIFETIME.total_seconds()))
+    if started.browser_secret:  # OpenID Connect (SAML's answer is a cross-site POST: see finish_saml)
+        set_cookie(response, SSO_COOKIE, started.browser_secret, max_age=int(SSO_REQUEST_LIFETIME.total_seconds()))
     return response
 
 
@@ -114,6 +116,43 @@ def sso_oidc_callback(
     response = RedirectResponse("/", status_code=303)
     set_cookie(response, SESSION_COOKIE, issued.token, max_age=seconds_until(issued.session.expires_at))
     clear_cookie(response, SSO_COOKIE)
+    clear_cookie(response, LOGIN_COOKIE)
+    return response
+
+
+@router.get("/sso/saml/{provider_id}/metadata")
+def sso_saml_metadata(request: Request, provider_id: str) -> Response:
+    """Twofold's SP metadata for one SAML provider: public, for the provider's administrator to import."""
+    metadata = twofold_of(request).sso.saml_metadata(provider_id[:64])
+    if metadata is None:
+        return Response("No such SAML identity provider.\n", status_code=404, media_type="text/plain")
+    return Response(
+        metadata, media_type="application/samlmetadata+xml", headers={"Cache-Control": "public, max-age=300"}
+    )
+
+
+@router.post("/sso/saml/{provider_id}/acs")
+async def sso_saml_acs(request: Request, provider_id: str) -> Response:
+    """The Assertion Consumer Service (HTTP-POST binding): a cross-site POST from the provider's page, so no
+    CSRF token of ours; what makes it trustworthy is the signed assertion answering our single-use request."""
+    try:
+        form = await request.form(max_files=0, max_fields=10)
+        saml_response = form.get("SAMLResponse")
+        relay_state = form.get("RelayState")
+    except Exception:  # not a form at all
+        saml_response = relay_state = None
+    try:
+        issued = await run_in_threadpool(
+            twofold_of(request).sso.finish_saml,
+            provider_id[:64],
+            saml_response=saml_response if isinstance(saml_response, str) else None,
+            relay_state=relay_state if isinstance(relay_state, str) else None,
+            context=request_context(request),
+        )
+    except SsoRefused as refused:
+        return _refused(request, refused, status=403)
+    response = RedirectResponse("/", status_code=303)
+    set_cookie(response, SESSION_COOKIE, issued.token, max_age=seconds_until(issued.session.expires_at))
     clear_cookie(response, LOGIN_COOKIE)
     return response
 

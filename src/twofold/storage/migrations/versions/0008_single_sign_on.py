@@ -1,4 +1,4 @@
-"""Single sign-on: upstream sign-ins in flight, whether a session did MFA; consents found by app
+"""Single sign-on: upstream sign-ins in flight, whether a session did MFA, acr verbatim; consents found by app
 
 Revision ID: 0008
 Revises: 0007
@@ -47,6 +47,11 @@ def upgrade() -> None:
     op.create_index(op.f("ix_oauth_consents_app_id"), "oauth_consents", ["app_id"], unique=False)
     with op.batch_alter_table("sessions") as batch:
         batch.add_column(sa.Column("mfa_verified", sa.Boolean(), nullable=False, server_default=sa.false()))
+        # An upstream's acr is kept verbatim: SAML AuthnContextClassRefs run past 64 characters.
+        batch.alter_column("acr", existing_type=sa.String(length=64), type_=sa.String(length=255))
+    for table in ("authorization_codes", "refresh_tokens"):
+        with op.batch_alter_table(table) as batch:
+            batch.alter_column("acr", existing_type=sa.String(length=64), type_=sa.String(length=255))
     # Sessions open at the upgrade were all made here: they did MFA when their amr says so.
     connection = op.get_bind()
     sessions = sa.table("sessions", sa.column("id", sa.String), sa.column("amr", sa.JSON))
@@ -58,7 +63,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    for table in ("authorization_codes", "refresh_tokens"):
+        with op.batch_alter_table(table) as batch:
+            batch.alter_column("acr", existing_type=sa.String(length=255), type_=sa.String(length=64))
     with op.batch_alter_table("sessions") as batch:
+        batch.alter_column("acr", existing_type=sa.String(length=255), type_=sa.String(length=64))
         batch.drop_column("mfa_verified")
     op.drop_index(op.f("ix_oauth_consents_app_id"), table_name="oauth_consents")
     op.drop_index(op.f("ix_sso_requests_expires_at"), table_name="sso_requests")
