@@ -1100,3 +1100,84 @@ def test_twofolds_own_id_tokens_pass_the_upstream_assertion_on(corp):
     assert claims["amr"] == ["pwd", "otp"]
     assert claims["acr"] == "urn:corp:loa:2"
     assert claims["auth_time"] == auth_time
+
+
+# -- step-up of SSO users: a new sign-in at their own provider ------------------------------------------------
+
+
+def sso_admin(corp: Corp) -> tuple[str, str]:
+    """bob signs in through the provider and alice makes him an Organization Administrator; his session token
+    and user id."""
+    token = corp.sign_in(SignIn(sub="00u-admin"))
+    (user,) = federated_users(corp.twofold, corp.idp_id)
+    granted = corp.client.put(
+        f"/api/v1/organizations/{corp.org}/users/{user.id}/permissions/organization_administrator",
+        headers=bearer(corp.alice.token),
+    )
+    assert granted.status_code == 204, granted.text
+    return token, user.id
+
+
+def step_up_trip(corp: Corp, token: str, sign_in: SignIn, next_path: str = "/admin/identity-providers") -> Any:
+    """The console's "Continue to your identity provider": /login/sso/{id}?step_up=1 with bob's session, the
+    provider (which must be asked to sign him in again), then Twofold's callback."""
+    browser = Browser(corp.client)
+    browser.cookies[SESSION_COOKIE] = token
+    start = browser.get(f"/login/sso/{corp.idp_id}?step_up=1&next={next_path}")
+    assert start.status_code == 303, start.text
+    location = start.headers["location"]
+    query = parse_qs(urlsplit(location).query)
+    assert query["prompt"] == ["login"] and query["max_age"] == ["0"]  # OIDC Core §3.1.2.1: sign in again
+    corp.provider.next_sign_in = sign_in
+    answer = httpx.get(location, follow_redirects=False)
+    browser.cookies[SSO_COOKIE] = set_cookies(start)[SSO_COOKIE]["value"]
+    return browser.get(answer.headers["location"].removeprefix(PUBLIC_URL))
+
+
+def test_an_sso_administrator_steps_up_by_signing_in_again_at_the_provider(corp):
+    token, user_id = sso_admin(corp)
+    expire_step_up(corp.twofold, token)
+    write = {"name": "Renamed"}
+    url = f"/api/v1/organizations/{corp.org}/identity-providers/{corp.idp_id}"
+    assert_problem(corp.client.patch(url, json=write, headers=bearer(token)), 403, "step_up_required")
+
+    # The console's step-up page sends an SSO user to their own provider, not to local factors.
+    browser = Browser(corp.client)
+    browser.cookies[SESSION_COOKIE] = token
+    page = browser.get("/admin/identity-providers")
+    csrf = html.unescape(page.text.split('name="csrf_token" value="')[1].split('"')[0])
+    asked = browser.post(f"/admin/identity-providers/{corp.idp_id}/delete", {"csrf_token": csrf})
+    text = html.unescape(asked.text)
+    assert "Verify it's you" in text and "Continue to your identity provider" in text
+    assert f"/login/sso/{corp.idp_id}?step_up=1&amp;next=%2Fadmin%2Fidentity-providers" in asked.text
+
+    back = step_up_trip(corp, token, SignIn(sub="00u-admin"))
+    assert back.status_code == 303 and back.headers["location"] == "/admin/identity-providers"
+    assert SESSION_COOKIE not in set_cookies(back)  # the same session, renewed; no new one
+    assert corp.client.patch(url, json=write, headers=bearer(token)).status_code == 200
+    event = last_event(corp.twofold, "step_up.succeeded")
+    assert event.subject_id == user_id and event.details["method"] == "sso"
+
+
+def test_a_step_up_needs_a_new_sign_in_by_the_same_person_with_mfa(corp):
+    token, _ = sso_admin(corp)
+    expire_step_up(corp.twofold, token)
+    url = f"/api/v1/organizations/{corp.org}/identity-providers/{corp.idp_id}"
+
+    stale = step_up_trip(corp, token, SignIn(sub="00u-admin", auth_time=int(time.time()) - 3600))
+    refused_page(stale, "did not ask you to sign in again")
+    other = step_up_trip(corp, token, SignIn(sub="someone-else"))
+    refused_page(other, "not yours")
+    weak = step_up_trip(corp, token, SignIn(sub="00u-admin", amr=["pwd"]))
+    assert weak.status_code == 403
+    assert_problem(corp.client.patch(url, json={"name": "x"}, headers=bearer(token)), 403, "step_up_required")
+    assert {refusal_event(corp.twofold, "another_user", corp.idp_id)["reason"]} == {"another_user"}
+
+
+def test_a_step_up_link_without_a_session_signs_in_first_and_an_open_redirect_is_not_followed(corp):
+    assert (
+        corp.client.get(f"/login/sso/{corp.idp_id}?step_up=1", follow_redirects=False).headers["location"] == "/login"
+    )
+    token, _ = sso_admin(corp)
+    back = step_up_trip(corp, token, SignIn(sub="00u-admin"), next_path="//evil.example/")
+    assert back.status_code == 303 and back.headers["location"] == "/"

@@ -236,6 +236,8 @@ class SsoRequest:
     code_verifier_sealed: str | None = None
     saml_request_id: str | None = None
     browser_hash: str | None = None  # OIDC: the hash of a cookie set when the sign-in started
+    step_up_session_id: str | None = None  # a re-authentication that renews this session's step-up
+    return_to: str | None = None  # where the browser goes after a step-up
     used_at: datetime | None = None
     created_at: datetime = field(default_factory=utcnow)
 

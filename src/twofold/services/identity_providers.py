@@ -212,7 +212,8 @@ class IdentityProviderService:
         self.http = http
 
     def _view(self, uow: UnitOfWork, provider: IdentityProvider) -> ProviderView:
-        settings = open_settings(self.sealer, provider)
+        # A provider row without settings (made outside this service) is listed, and cannot sign anyone in.
+        settings = open_settings(self.sealer, provider) if provider.settings_encrypted else None
         return ProviderView(
             provider,
             settings if isinstance(settings, OidcSettings) else None,

@@ -24,7 +24,7 @@ import httpx
 from joserfc.jwk import KeySet
 
 from twofold.config import Settings
-from twofold.domain.clock import utcnow
+from twofold.domain.clock import as_utc, utcnow
 from twofold.domain.entities import IdentityProvider, IdentityProviderType, SsoRequest, User, UserKind
 from twofold.domain.errors import ValidationFailed
 from twofold.domain.ports import Sealer, UnitOfWork, UnitOfWorkFactory
@@ -32,7 +32,7 @@ from twofold.domain.rules import USERNAME_MAX, clean_display_name, clean_usernam
 from twofold.sso import mfa, oidc, saml
 
 from . import audit
-from .context import RequestContext
+from .context import Principal, RequestContext
 from .crypto import hash_token
 from .identity_providers import (
     OidcSettings,
@@ -64,6 +64,14 @@ class ProviderChoice:
     id: str
     name: str
     organization_name: str
+
+
+@dataclass(frozen=True)
+class SteppedUp:
+    """A re-authentication at the provider renewed the signed-in session's step-up."""
+
+    until: datetime
+    return_to: str
 
 
 @dataclass(frozen=True)
@@ -106,18 +114,36 @@ class SsoService:
                 if org is None:
                     continue
                 by_name = bool(wanted_org) and org.name.casefold() == wanted_org
-                by_domain = bool(domain) and domain in open_settings(self.sealer, provider).allowed_email_domains
+                by_domain = (
+                    bool(domain)
+                    and provider.settings_encrypted is not None
+                    and domain in open_settings(self.sealer, provider).allowed_email_domains
+                )
                 if by_name or by_domain:
                     choices.append(ProviderChoice(provider.id, provider.name, org.name))
         return choices
 
     # -- OpenID Connect ---------------------------------------------------------------------------------
 
-    def start(self, provider_id: str, context: RequestContext) -> StartedSignIn:
+    def start(
+        self,
+        provider_id: str,
+        context: RequestContext,
+        *,
+        step_up: Principal | None = None,
+        return_to: str | None = None,
+    ) -> StartedSignIn:
+        """A sign-in at the provider; with ``step_up``, a re-authentication of that signed-in federated user at
+        their own provider (it signs in again and must show MFA), which renews the session's step-up."""
         with self.uow(read_only=True) as uow:
             found = uow.identity_providers.get(provider_id) if isinstance(provider_id, str) else None
-        if found is not None and found.type == IdentityProviderType.SAML.value:
-            return self._start_saml(found)
+        if step_up is not None and (
+            found is None or step_up.session is None or step_up.user.identity_provider_id != found.id
+        ):
+            raise SsoRefused("not_your_provider", "Verify at the provider you signed in with.")
+        step_up_session = step_up.session.id if step_up is not None and step_up.session is not None else None
+        if found is not None and found.type == IdentityProviderType.SAML.value and found.settings_encrypted:
+            return self._start_saml(found, step_up_session=step_up_session, return_to=return_to)
         now = utcnow()
         with self.uow() as uow:
             provider, settings = self._oidc_provider(uow, provider_id)
@@ -131,6 +157,8 @@ class SsoService:
                     nonce=nonce,
                     code_verifier_sealed=self.sealer.seal(verifier.encode(), context=f"sso:{state_hash}"),
                     browser_hash=hash_token(browser),
+                    step_up_session_id=step_up_session,
+                    return_to=return_to,
                     expires_at=now + SSO_REQUEST_LIFETIME,
                     created_at=now,
                 )
@@ -143,6 +171,7 @@ class SsoService:
             state=state,
             nonce=nonce,
             code_verifier=verifier,
+            reauthenticate=step_up_session is not None,
         )
         return StartedSignIn(url, browser)
 
@@ -158,7 +187,7 @@ class SsoService:
         error: str | None,
         browser_secret: str | None,
         context: RequestContext,
-    ) -> IssuedSession:
+    ) -> IssuedSession | SteppedUp:
         now = utcnow()
         if not isinstance(state, str) or not 20 <= len(state) <= 200:
             with self.uow() as uow:
@@ -222,7 +251,54 @@ class SsoService:
             auth_time=datetime.fromtimestamp(auth_time, UTC) if isinstance(auth_time, int | float) else now,
             mfa_verified=shows_mfa,
         )
+        if request.step_up_session_id is not None:
+            return self._stepped_up(provider, request, str(claims["sub"]), upstream, now=now, context=context)
         return self._signed_in(provider, settings, claims, amr=amr, upstream=upstream, now=now, context=context)
+
+    def _stepped_up(
+        self,
+        provider: IdentityProvider,
+        request: SsoRequest,
+        subject: str,
+        upstream: UpstreamAuthentication,
+        *,
+        now: datetime,
+        context: RequestContext,
+    ) -> SteppedUp:
+        """The step-up of a federated user: the same person (provider, subject) as the session's, signed in again
+        since the request was made (auth_time), with MFA; then the session's step-up is renewed, no new session."""
+        with self.uow() as uow:
+            session = uow.sessions.get(request.step_up_session_id or "")
+            user = uow.users.get(session.user_id) if session is not None else None
+            alive = session is not None and session.revoked_at is None and as_utc(session.expires_at) > now
+            if (
+                not alive
+                or user is None
+                or user.identity_provider_id != provider.id
+                or user.external_subject != subject
+            ):
+                self._refusal(uow, provider, "another_user", context, subject=subject)
+                raise SsoRefused("another_user", "That sign-in was not yours. Sign in again as yourself.")
+            if upstream.auth_time < as_utc(request.created_at) - timedelta(seconds=60):
+                self._refusal(uow, provider, "not_reauthenticated", context, subject=subject)
+                raise SsoRefused(
+                    "not_reauthenticated", f"{provider.name} did not ask you to sign in again. Try once more."
+                )
+            if not upstream.mfa_verified:
+                self._refusal(uow, provider, "mfa_missing", context, subject=subject)
+                raise SsoRefused("mfa_missing", f"{provider.name} verified you without a second factor.")
+            assert session is not None
+            until = self.sessions.renew_step_up(uow, session, now=now)
+            audit.record(
+                uow,
+                "step_up.succeeded",
+                organization_id=user.organization_id,
+                actor_id=user.id,
+                subject_id=user.id,
+                ip=context.ip,
+                details={"method": "sso", "identity_provider_id": provider.id, "acr": upstream.acr},
+            )
+        return SteppedUp(until=until, return_to=request.return_to or "/")
 
     def _signed_in(
         self,
@@ -258,7 +334,9 @@ class SsoService:
 
     # -- SAML 2.0 ------------------------------------------------------------------------------------------
 
-    def _start_saml(self, provider: IdentityProvider) -> StartedSignIn:
+    def _start_saml(
+        self, provider: IdentityProvider, *, step_up_session: str | None, return_to: str | None
+    ) -> StartedSignIn:
         """A signed AuthnRequest asking for MFA; RelayState carries the key of the pending sign-in. No browser
         cookie: the answer is a cross-site POST, which a SameSite=Lax cookie does not ride on, so the pending
         sign-in is found by RelayState and checked by InResponseTo, both single-use."""
@@ -270,7 +348,8 @@ class SsoService:
                 settings.idp_metadata_xml,
                 idp_entity=settings.idp_entity_id,
                 relay_state=relay,
-                mfa_classes=settings.accepted_authn_contexts if settings.require_mfa else [],
+                mfa_classes=settings.accepted_authn_contexts if settings.require_mfa or step_up_session else [],
+                force_authn=step_up_session is not None,
             )
         except saml.SamlError as failure:
             logger.warning("SAML request for %s failed: %s", provider.issuer, failure)
@@ -283,6 +362,8 @@ class SsoService:
                     identity_provider_id=provider.id,
                     nonce="-",  # SAML has none; InResponseTo binds the answer
                     saml_request_id=request_id,
+                    step_up_session_id=step_up_session,
+                    return_to=return_to,
                     expires_at=now + SSO_REQUEST_LIFETIME,
                     created_at=now,
                 )
@@ -299,7 +380,7 @@ class SsoService:
 
     def finish_saml(
         self, provider_id: str, *, saml_response: str | None, relay_state: str | None, context: RequestContext
-    ) -> IssuedSession:
+    ) -> IssuedSession | SteppedUp:
         now = utcnow()
         if not isinstance(relay_state, str) or not 20 <= len(relay_state) <= 200 or not saml_response:
             with self.uow() as uow:
@@ -361,13 +442,15 @@ class SsoService:
             auth_time=assertion.authn_instant or now,
             mfa_verified=shows_mfa,
         )
+        if request.step_up_session_id is not None:
+            return self._stepped_up(provider, request, assertion.subject, upstream, now=now, context=context)
         return self._signed_in(provider, settings, claims, amr=[], upstream=upstream, now=now, context=context)
 
     # -- parts -------------------------------------------------------------------------------------------
 
     def _oidc_provider(self, uow: UnitOfWork, provider_id: str) -> tuple[IdentityProvider, OidcSettings]:
         provider = uow.identity_providers.get(provider_id) if isinstance(provider_id, str) else None
-        if provider is None or provider.type != IdentityProviderType.OIDC.value:
+        if provider is None or provider.type != IdentityProviderType.OIDC.value or not provider.settings_encrypted:
             raise SsoRefused("unknown_provider", "This sign-in provider is unknown here.")
         return provider, open_oidc_settings(self.sealer, provider)
 

@@ -87,6 +87,7 @@ def authorization_url(
     state: str,
     nonce: str,
     code_verifier: str,
+    reauthenticate: bool = False,
 ) -> str:
     params = {
         "response_type": "code",
@@ -98,6 +99,8 @@ def authorization_url(
         "code_challenge": code_challenge(code_verifier),
         "code_challenge_method": "S256",
     }
+    if reauthenticate:  # a step-up: the user signs in again, whatever session the provider holds (Core §3.1.2.1)
+        params.update({"prompt": "login", "max_age": "0"})
     separator = "&" if "?" in metadata.authorization_endpoint else "?"
     return f"{metadata.authorization_endpoint}{separator}{urlencode(params)}"
 

@@ -175,7 +175,13 @@ def sp_metadata(sp: ServiceProvider) -> str:
 
 
 def authn_request(
-    sp: ServiceProvider, idp_metadata_xml: str, *, idp_entity: str, relay_state: str, mfa_classes: list[str]
+    sp: ServiceProvider,
+    idp_metadata_xml: str,
+    *,
+    idp_entity: str,
+    relay_state: str,
+    mfa_classes: list[str],
+    force_authn: bool = False,
 ) -> tuple[str, str]:
     """A signed AuthnRequest asking for one of ``mfa_classes`` (minimum comparison); returns its id (the
     InResponseTo the answer must carry) and the provider's URL to send the browser to."""
@@ -191,6 +197,7 @@ def authn_request(
                 requested_authn_context=requested if mfa_classes else None,
                 sign=True,
                 sigalg=SIG_RSA_SHA256,
+                **({"force_authn": "true"} if force_authn else {}),  # a step-up: sign in again (Core §3.4.1)
             )
         except Exception as error:
             raise SamlError(f"no request can be made for this provider ({error.__class__.__name__})") from None

@@ -342,6 +342,8 @@ sso_requests = Table(
     Column("code_verifier_sealed", Text, nullable=True),
     Column("saml_request_id", String(128), nullable=True),
     Column("browser_hash", String(64), nullable=True),
+    Column("step_up_session_id", ID, nullable=True),
+    Column("return_to", String(2000), nullable=True),
     Column("expires_at", UTCDateTime, nullable=False, index=True),
     Column("used_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),

@@ -103,8 +103,24 @@ def step_up_page(
     status: int = 200,
     push_challenge: Any = None,
 ) -> HTMLResponse:
-    """The verification step for a full session: the same controls as the login's second step."""
+    """The verification step for a full session: the same controls as the login's second step. An SSO user has
+    no local factor: they verify by signing in again at their own provider, which must show MFA (R2)."""
     twofold = twofold_of(request)
+    if principal.user.is_federated:
+        target = f"/login/sso/{principal.user.identity_provider_id}?step_up=1&next={quote(next_path, safe='')}"
+        return render(
+            request,
+            "message.html",
+            {
+                "title": "Verify it's you",
+                "message": (reason or "Verify it's you before you continue.")
+                + " Sign in again at your organization's identity provider.",
+                "back": target,
+                "back_label": "Continue to your identity provider",
+            },
+            principal=principal,
+            status=status,
+        )
     with twofold.uow(read_only=True) as uow:
         methods = list(uow.methods.active_for_user(principal.user.id))
         recovery_codes_left = uow.recovery_codes.count_unused(principal.user.id)

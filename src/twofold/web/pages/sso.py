@@ -13,10 +13,21 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from twofold.domain.errors import Forbidden
-from twofold.services.sso import SSO_REQUEST_LIFETIME, SsoRefused
+from twofold.services.sessions import IssuedSession
+from twofold.services.sso import SSO_REQUEST_LIFETIME, SsoRefused, SteppedUp
 
 from ..deps import LOGIN_COOKIE, SESSION_COOKIE, request_context
-from .common import clear_cookie, csrf_refused, read_form, render, seconds_until, set_cookie, twofold_of
+from .common import (
+    clear_cookie,
+    csrf_refused,
+    current_principal,
+    read_form,
+    render,
+    seconds_until,
+    set_cookie,
+    twofold_of,
+)
+from .profile import safe_next
 
 router = APIRouter(include_in_schema=False)
 
@@ -81,9 +92,21 @@ async def sso_find(request: Request) -> Response:
 
 
 @router.get("/login/sso/{provider_id}")
-def sso_start(request: Request, provider_id: str) -> Response:
+def sso_start(request: Request, provider_id: str, step_up: str | None = None, next: str | None = None) -> Response:
+    """A sign-in at the provider, or with ``step_up`` a signed-in federated user's re-authentication there
+    (the step-up of SSO users, who have no local factor), coming back to ``next``."""
+    principal = None
+    if step_up:
+        principal = current_principal(request)
+        if principal is None:
+            return RedirectResponse("/login", status_code=303)
     try:
-        started = twofold_of(request).sso.start(provider_id[:64], request_context(request))
+        started = twofold_of(request).sso.start(
+            provider_id[:64],
+            request_context(request),
+            step_up=principal,
+            return_to=safe_next(next) if step_up else None,
+        )
     except SsoRefused as refused:
         return _refused(request, refused, status=404)
     response = RedirectResponse(started.redirect_url, status_code=303)
@@ -113,9 +136,17 @@ def sso_oidc_callback(
         response: Response = _refused(request, refused, status=403)
         clear_cookie(response, SSO_COOKIE)
         return response
-    response = RedirectResponse("/", status_code=303)
-    set_cookie(response, SESSION_COOKIE, issued.token, max_age=seconds_until(issued.session.expires_at))
+    response = _finished(issued)
     clear_cookie(response, SSO_COOKIE)
+    return response
+
+
+def _finished(outcome: IssuedSession | SteppedUp) -> Response:
+    """A sign-in lands on / with its session; a step-up goes back to the page that asked for it."""
+    if isinstance(outcome, SteppedUp):
+        return RedirectResponse(outcome.return_to, status_code=303)
+    response = RedirectResponse("/", status_code=303)
+    set_cookie(response, SESSION_COOKIE, outcome.token, max_age=seconds_until(outcome.session.expires_at))
     clear_cookie(response, LOGIN_COOKIE)
     return response
 
@@ -151,10 +182,7 @@ async def sso_saml_acs(request: Request, provider_id: str) -> Response:
         )
     except SsoRefused as refused:
         return _refused(request, refused, status=403)
-    response = RedirectResponse("/", status_code=303)
-    set_cookie(response, SESSION_COOKIE, issued.token, max_age=seconds_until(issued.session.expires_at))
-    clear_cookie(response, LOGIN_COOKIE)
-    return response
+    return _finished(issued)
 
 
 def _refused(request: Request, refused: SsoRefused, *, status: int) -> HTMLResponse:

@@ -31,6 +31,8 @@ def upgrade() -> None:
         sa.Column("code_verifier_sealed", sa.Text(), nullable=True),
         sa.Column("saml_request_id", sa.String(length=128), nullable=True),
         sa.Column("browser_hash", sa.String(length=64), nullable=True),
+        sa.Column("step_up_session_id", sa.String(length=32), nullable=True),
+        sa.Column("return_to", sa.String(length=2000), nullable=True),
         sa.Column("expires_at", UTC(timezone=True), nullable=False),
         sa.Column("used_at", UTC(timezone=True), nullable=True),
         sa.Column("created_at", UTC(timezone=True), nullable=False),
