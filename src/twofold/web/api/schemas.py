@@ -262,12 +262,14 @@ class IdentityProviderBody(IdentityProviderOptions):
     token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt"] = (
         "client_secret_basic"
     )
-    metadata_xml: Annotated[str, StringConstraints(min_length=1, max_length=1_000_000)] | None = None
+    # No schema maximum: the request body limit (TWOFOLD_MAX_BODY_BYTES, 256 KiB) bounds it, and a provider's own
+    # metadata is a few kilobytes.
+    metadata_xml: Annotated[str, StringConstraints(min_length=1)] | None = None
     metadata_url: Annotated[str, StringConstraints(min_length=1, max_length=2000)] | None = None
 
 
 class IdentityProviderUpdateBody(IdentityProviderOptions):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     client_id: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
-    metadata_xml: Annotated[str, StringConstraints(min_length=1, max_length=1_000_000)] | None = None
+    metadata_xml: Annotated[str, StringConstraints(min_length=1)] | None = None
     client_secret: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = None
